@@ -1,0 +1,294 @@
+"""Configuration dataclasses: model, tokenizer, data, training stages, evaluation, recipes.
+
+Every hyperparameter lives here. Each dataclass round-trips through plain dicts, so the same
+objects are written to config.json (model directories) and read from YAML recipes. Unknown keys
+are errors that name the file and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tinyvlm.errors import InputError, closest
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class VisionConfig:
+    image_size: int = 64
+    patch_size: int = 16
+    channels: int = 3
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    position: str = "learned"  # "learned" or "sincos" (2-D sine-cosine, fixed)
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    # Layers (0-based; negative counts from the end) whose [CLS] attention is returned, so
+    # token pruning can rank patches without a second pass.
+    cls_attention_layers: list[int] = field(default_factory=lambda: [-1])
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+
+@dataclass
+class ConnectorConfig:
+    kind: str = "mlp"  # the projector family; later connectors register other kinds
+    hidden_dim: int | None = None  # None: the language model's width
+
+
+@dataclass
+class LanguageConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer when the model is built
+    dim: int = 192
+    depth: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    ffn_dim: int | None = None  # None: about 8/3 * dim, rounded up to a multiple of 32
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden_ffn_dim(self) -> int:
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        return -(-int(8 * self.dim / 3) // 32) * 32
+
+
+@dataclass
+class ChatTemplate:
+    """Role markers and special tokens shared by training, evaluation and chat.
+
+    A conversation renders as
+    `<bos><|user|><image>...\\nquestion<|end|><|assistant|>answer<|end|><|user|>...`;
+    each `<image>` expands to one token per visual feature.
+    """
+
+    bos: str = "<bos>"
+    pad: str = "<pad>"
+    unk: str = "<unk>"
+    image: str = "<image>"
+    user: str = "<|user|>"
+    assistant: str = "<|assistant|>"
+    end: str = "<|end|>"
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return [self.pad, self.unk, self.bos, self.image, self.user, self.assistant, self.end]
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    chat: ChatTemplate = field(default_factory=ChatTemplate)
+    # Token ids of the chat template's special tokens, filled from the tokenizer.
+    pad_token_id: int = 0
+    bos_token_id: int = 2
+    image_token_id: int = 3
+    eos_token_id: int = 6
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "wordlevel"  # "wordlevel" or "bpe"
+    vocab_size: int = 2048  # upper bound; word-level vocabularies are usually smaller
+    min_frequency: int = 1
+    lowercase: bool = True
+
+
+@dataclass
+class ShapesConfig:
+    """ShapesWorld sizes; the generator's other knobs keep their defaults."""
+
+    num_train: int = 3000
+    num_val: int = 200
+    num_test: int = 500
+    pope_images: int = 200
+    image_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # A directory with train.json / val.json / test.json (LLaVA format). When it holds no
+    # dataset yet and `shapes` is set, ShapesWorld is generated there first.
+    path: str = "data/shapes"
+    shapes: ShapesConfig | None = field(default_factory=ShapesConfig)
+    train: str = "train.json"
+    eval: list[str] = field(default_factory=lambda: ["test.json", "pope.json"])
+    max_seq_len: int | None = None  # None: the language model's max_seq_len
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class StageConfig:
+    """One stage of a recipe, run by the one training loop."""
+
+    name: str = "sft"
+    objective: str = "sft"  # a registered objective: "sft", "patch_labels", ...
+    # Modules that receive gradients ("vision", "connector", "language"); the rest are frozen.
+    trainable: list[str] = field(default_factory=lambda: ["vision", "connector", "language"])
+    # Learning-rate multipliers per module, e.g. {vision: 0.1} for a gentler encoder.
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    steps: int = 100
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float | None = 1.0
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128
+    max_new_tokens: int = 8
+
+
+@dataclass
+class Recipe:
+    name: str = "demo"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (tree) as plain dicts/lists, ready for JSON or YAML."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type[T], data: Any, source: str | Path | None = None, key: str = "") -> T:
+    """Build `cls` from a dict, checking keys and types; errors name `source` and the key path."""
+    return _convert(cls, data, source, key or cls.__name__)
+
+
+def _convert(tp: Any, value: Any, source: str | Path | None, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        for arg in args[:-1]:
+            try:
+                return _convert(arg, value, source, key)
+            except InputError:
+                continue
+        return _convert(args[-1], value, source, key)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise InputError(f"'{key}' must be a mapping, got {type(value).__name__}", source)
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp) if f.init]
+        kwargs = {}
+        for name, item in value.items():
+            if name not in names:
+                raise InputError(f"unknown key '{key}.{name}'{closest(str(name), names)}", source)
+            kwargs[name] = _convert(hints[name], item, source, f"{key}.{name}")
+        return tp(**kwargs)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise InputError(f"'{key}' must be a list, got {value!r}", source)
+        return [_convert(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise InputError(f"'{key}' must be a mapping, got {value!r}", source)
+        return {
+            _convert(key_tp, k, source, key): _convert(val_tp, v, source, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool) and isinstance(value, tp) and not (
+        tp is int and isinstance(value, bool)
+    ):
+        return value
+    raise InputError(f"'{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}", source)
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(
+            f"malformed YAML: {problem}", path, None if line is None else line + 1
+        ) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    recipe = from_dict(Recipe, load_yaml(path) or {}, source=path, key="recipe")
+    if not recipe.stages:
+        raise InputError("the recipe has no stages", path)
+    return recipe
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)

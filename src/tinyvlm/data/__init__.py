@@ -1,0 +1,1 @@
+"""Datasets, file formats, tokenizer and batching."""

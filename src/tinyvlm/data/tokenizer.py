@@ -1,0 +1,125 @@
+"""Tokenizer (trained with the `tokenizers` library) and the chat template around it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from tinyvlm.config import ChatTemplate, TokenizerConfig
+from tinyvlm.errors import InputError
+from tinyvlm.io import write_text
+
+Turn = tuple[str, str]  # (user message, assistant answer)
+
+
+class Tokenizer:
+    """Text <-> ids, plus the chat layout used by training, evaluation and chat alike."""
+
+    def __init__(self, backend: Backend, chat: ChatTemplate | None = None):
+        self.backend = backend
+        self.chat = chat or ChatTemplate()
+        missing = [t for t in self.chat.special_tokens if backend.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks the chat template's special tokens {missing}")
+        ids = {t: backend.token_to_id(t) for t in self.chat.special_tokens}
+        self.pad_id, self.bos_id = ids[self.chat.pad], ids[self.chat.bos]
+        self.image_id, self.user_id = ids[self.chat.image], ids[self.chat.user]
+        self.assistant_id, self.end_id = ids[self.chat.assistant], ids[self.chat.end]
+        self.special_ids = frozenset(ids.values())
+
+    # ---------------------------------------------------------------- building and files
+
+    @classmethod
+    def train(cls, texts: Iterable[str], config: TokenizerConfig | None = None,
+              chat: ChatTemplate | None = None) -> Tokenizer:
+        config, chat = config or TokenizerConfig(), chat or ChatTemplate()
+        specials = chat.special_tokens
+        norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if config.lowercase else [])
+        trainer: trainers.Trainer
+        if config.kind == "wordlevel":
+            backend = Backend(models.WordLevel(unk_token=chat.unk))
+            backend.pre_tokenizer = pre_tokenizers.Whitespace()
+            trainer = trainers.WordLevelTrainer(vocab_size=config.vocab_size,
+                                                min_frequency=config.min_frequency,
+                                                special_tokens=specials)
+        elif config.kind == "bpe":
+            backend = Backend(models.BPE(unk_token=chat.unk))
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=config.vocab_size,
+                                          min_frequency=config.min_frequency,
+                                          special_tokens=specials,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        else:
+            raise InputError(f"tokenizer.kind must be 'wordlevel' or 'bpe', got {config.kind!r}")
+        backend.normalizer = normalizers.Sequence(norm)
+        # Strip the placeholders from the corpus: they are special tokens, not words.
+        cleaned = (_strip_specials(t, specials) for t in texts)
+        backend.train_from_iterator(cleaned, trainer=trainer)
+        return cls(backend, chat)
+
+    @classmethod
+    def load(cls, path: str | Path, chat: ChatTemplate | None = None) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("tokenizer file not found", path)
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as e:  # the Rust library raises a plain Exception
+            raise InputError(f"not a valid tokenizer.json ({e})", path) from None
+        return cls(backend, chat)
+
+    def save(self, path: str | Path) -> None:
+        write_text(path, self.backend.to_str(pretty=True))
+
+    # ---------------------------------------------------------------- plain text
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special).strip()
+
+    # ---------------------------------------------------------------- chat template
+
+    def encode_user(self, text: str, image_tokens: int) -> list[int]:
+        """A user message with each `<image>` expanded to `image_tokens` image-token ids."""
+        ids: list[int] = []
+        for i, part in enumerate(text.split(self.chat.image)):
+            if i:
+                ids.extend([self.image_id] * image_tokens)
+            if part.strip():
+                ids.extend(self.encode(part.strip()))
+        return ids
+
+    def encode_conversation(self, turns: Sequence[Turn], image_tokens: int
+                            ) -> tuple[list[int], list[bool]]:
+        """Token ids of a whole conversation and, per id, whether it is part of an answer the
+        model must learn to produce (answer tokens and their closing end token)."""
+        ids, trainable = [self.bos_id], [False]
+        for user, answer in turns:
+            prompt = [self.user_id, *self.encode_user(user, image_tokens), self.end_id,
+                      self.assistant_id]
+            reply = [*self.encode(answer), self.end_id]
+            ids += prompt + reply
+            trainable += [False] * len(prompt) + [True] * len(reply)
+        return ids, trainable
+
+    def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int) -> list[int]:
+        """Ids that end where the assistant's next answer begins."""
+        ids, _ = self.encode_conversation(history, image_tokens)
+        question = self.encode_user(user, image_tokens)
+        return [*ids, self.user_id, *question, self.end_id, self.assistant_id]
+
+
+def _strip_specials(text: str, specials: Sequence[str]) -> str:
+    for token in specials:
+        text = text.replace(token, " ")
+    return text

@@ -1,0 +1,1 @@
+"""Evaluation: generation over benchmark files, scoring, reports."""

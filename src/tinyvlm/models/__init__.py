@@ -1,0 +1,1 @@
+"""Model components: vision encoder, connectors, language model, the assembled VLM."""

@@ -1,0 +1,113 @@
+"""ViT vision encoder: patch embedding, a [CLS] token, learned or 2-D sin-cos positions,
+pre-norm blocks. Returns patch features and the [CLS] attention of chosen layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tinyvlm.config import VisionConfig
+from tinyvlm.models.layers import GELUMLP, ForwardContext, init_weights, scale_residual_init
+
+
+@dataclass
+class VisionOutput:
+    patches: Tensor  # (B, num_patches, dim), after the final norm
+    cls: Tensor  # (B, dim)
+    # layer index -> (B, heads, num_patches): softmax attention of the [CLS] query over patches
+    cls_attention: dict[int, Tensor] = field(default_factory=dict)
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine positions (grid*grid, dim): half the channels encode the row,
+    half the column."""
+    if dim % 4:
+        raise ValueError("sincos positions need dim divisible by 4")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, want_cls_attention: bool) -> tuple[Tensor, Tensor | None]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        cls_attn = None
+        if want_cls_attention:
+            # Only the [CLS] row is needed: one query, so this costs O(T) next to SDPA's O(T^2).
+            scores = (q[:, :, :1] @ k.transpose(-1, -2)) * self.head_dim**-0.5
+            cls_attn = scores.float().softmax(-1)[:, :, 0, 1:]
+        return self.proj(out.transpose(1, 2).reshape(b, t, d)), cls_attn
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.attn = VisionAttention(config.dim, config.heads)
+        self.ffn_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.ffn: nn.Module = GELUMLP(config.dim, int(config.dim * config.mlp_ratio),
+                                      config.dropout)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, want_cls_attention: bool
+                ) -> tuple[Tensor, Tensor | None]:
+        h, cls_attn = self.attn(self.attn_norm(x), want_cls_attention)
+        x = x + h
+        return x + self.ffn(self.ffn_norm(x), ctx), cls_attn
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        if config.image_size % config.patch_size:
+            raise ValueError("vision.image_size must be a multiple of vision.patch_size")
+        self.config = config
+        self.patch_embed = nn.Conv2d(config.channels, config.dim, config.patch_size,
+                                     stride=config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
+        if config.position == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, config.dim))
+        elif config.position == "sincos":
+            self.register_buffer("pos_embed", sincos_2d(config.grid, config.dim)[None],
+                                 persistent=False)
+        else:
+            raise ValueError(f"vision.position must be 'learned' or 'sincos', got "
+                             f"{config.position!r}")
+        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        init_weights(self)
+        scale_residual_init([m for b in self.blocks for m in (b.attn.proj, b.ffn.fc2)],
+                            config.depth)
+        nn.init.normal_(self.cls_token, std=0.02)
+        if config.position == "learned":
+            nn.init.normal_(self.pos_embed, std=0.02)
+        self.cls_layers = {i % config.depth for i in config.cls_attention_layers}
+
+    def forward(self, pixel_values: Tensor, ctx: ForwardContext | None = None) -> VisionOutput:
+        ctx = ctx if ctx is not None else ForwardContext()
+        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        cls_attention = {}
+        for i, block in enumerate(self.blocks):
+            x, attn = block(x, ctx, i in self.cls_layers)
+            if attn is not None:
+                cls_attention[i] = attn
+        x = self.norm(x)
+        return VisionOutput(patches=x[:, 1:], cls=x[:, 0], cls_attention=cls_attention)

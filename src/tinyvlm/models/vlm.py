@@ -1,0 +1,260 @@
+"""The assembled vision-language model: encoder -> connector -> language model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from tinyvlm.config import ModelConfig, from_dict, to_dict
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.errors import InputError
+from tinyvlm.io import atomic_dir, read_json, write_json, write_text
+from tinyvlm.models.connectors import build_connector
+from tinyvlm.models.language import KVCache, LanguageModel
+from tinyvlm.models.layers import ForwardContext
+from tinyvlm.models.vision import VisionEncoder, VisionOutput
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class VLMOutput:
+    logits: Tensor | None  # (B, T, vocab), or only the last positions when asked
+    hidden: Tensor  # (B, T, dim): the language model's final hidden states
+    vision: VisionOutput | None = None
+    records: list[Any] = field(default_factory=list)  # per-layer statistics (routers, ...)
+
+
+class TinyVLM(nn.Module):
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vision = VisionEncoder(config.vision)
+        self.connector = build_connector(config.connector, config.vision, config.language)
+        self.language = LanguageModel(config.language)
+
+    @classmethod
+    def from_tokenizer(cls, config: ModelConfig, tokenizer: Tokenizer) -> TinyVLM:
+        """Build a fresh model whose vocabulary and special-token ids come from `tokenizer`."""
+        config.language.vocab_size = tokenizer.vocab_size
+        config.chat = tokenizer.chat
+        config.pad_token_id, config.bos_token_id = tokenizer.pad_id, tokenizer.bos_id
+        config.image_token_id, config.eos_token_id = tokenizer.image_id, tokenizer.end_id
+        return cls(config, tokenizer)
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens that one `<image>` placeholder expands to."""
+        return self.connector.num_tokens
+
+    # ---------------------------------------------------------------- forward
+
+    def encode_images(self, pixel_values: Tensor, ctx: ForwardContext | None = None
+                      ) -> tuple[Tensor, VisionOutput]:
+        vision = self.vision(pixel_values, ctx)
+        return self.connector(vision), vision
+
+    def embed(self, input_ids: Tensor, image_features: Tensor | None) -> Tensor:
+        """Token embeddings with image features written where the image tokens stand,
+        images in the order their placeholders appear."""
+        embeds = self.language.embed(input_ids)
+        is_image = input_ids == self.config.image_token_id
+        n_slots = int(is_image.sum())
+        n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_slots != n_feats:
+            raise ValueError(f"{n_slots} image-token positions but {n_feats} image features "
+                             f"({self.image_tokens} per image)")
+        if image_features is not None and n_feats:
+            feats = image_features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        image_features: Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> VLMOutput:
+        """Logits for `input_ids` (B, T). attention_mask marks real tokens (left or right
+        padding); logits_to_keep > 0 computes only the last positions' logits."""
+        ctx = ForwardContext(token_mask=None if attention_mask is None else attention_mask.bool())
+        vision = None
+        if image_features is None and pixel_values is not None:
+            image_features, vision = self.encode_images(pixel_values, ctx)
+        embeds = self.embed(input_ids, image_features)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, input_ids.shape)
+        hidden = self.language(embeds, position_ids, attention_mask, cache, ctx)
+        head_in = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        return VLMOutput(self.language.lm_head(head_in), hidden, vision, ctx.records)
+
+    # ---------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        max_new_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """New tokens (B, <= max_new_tokens) for a left-padded batch; pad after each row's EOS.
+
+        temperature 0 is greedy decoding. Without the cache every step recomputes the whole
+        sequence: slower, and the reference the cached path must match.
+        """
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask[:, -1].eq(0).any():
+            raise ValueError("generate() needs left padding: a row ends with padding")
+        eos, pad = self.config.eos_token_id, self.config.pad_token_id
+        image_features = None
+        if pixel_values is not None:
+            image_features, _ = self.encode_images(pixel_values)
+        embeds = self.embed(input_ids, image_features)
+        positions = positions_from_mask(attention_mask, input_ids.shape)
+        cache = KVCache(self.config.language, b, t + max_new_tokens) if use_cache else None
+        hidden = self.language(embeds, positions, attention_mask, cache)
+        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        new_tokens = []
+        for step in range(max_new_tokens):
+            logits = self.language.lm_head(hidden[:, -1]).float()
+            token = sample(logits, temperature, top_p, generator)
+            token = token.masked_fill(finished, pad)
+            new_tokens.append(token)
+            finished |= token == eos
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
+            next_pos = positions[:, -1:] + 1
+            next_embed = self.language.embed(token[:, None])
+            if cache is not None:
+                positions = next_pos
+                hidden = self.language(next_embed, positions, attention_mask, cache)
+            else:
+                embeds = torch.cat([embeds, next_embed], dim=1)
+                positions = torch.cat([positions, next_pos], dim=1)
+                hidden = self.language(embeds, positions, attention_mask)
+        return torch.stack(new_tokens, dim=1)
+
+    # ---------------------------------------------------------------- files
+
+    def save_pretrained(self, directory: str | Path, card: str | None = None) -> Path:
+        """Write config.json, model.safetensors, tokenizer.json and README.md.
+
+        Everything goes to a temporary sibling directory that replaces `directory` in one
+        rename, so a crash never leaves a half-written model behind.
+        """
+        directory = Path(directory)
+        if self.tokenizer is None:
+            raise ValueError("save_pretrained needs the model's tokenizer")
+        with atomic_dir(directory) as tmp:
+            write_json(tmp / "config.json", {"format": "tinyvlm",
+                                             "format_version": FORMAT_VERSION,
+                                             **to_dict(self.config)})
+            save_file(self._tensors(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            self.tokenizer.save(tmp / "tokenizer.json")
+            write_text(tmp / "README.md", card or self.model_card())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> TinyVLM:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise InputError("model directory not found", directory)
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise InputError("not a model directory: config.json is missing", directory)
+        raw = read_json(cfg_path)
+        if not isinstance(raw, dict) or raw.pop("format", None) != "tinyvlm":
+            raise InputError("config.json is not a tinyvlm model config", cfg_path)
+        version = raw.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise InputError(f"unsupported format_version {version!r}", cfg_path)
+        config = from_dict(ModelConfig, raw, source=cfg_path, key="config")
+        tokenizer = Tokenizer.load(directory / "tokenizer.json", config.chat)
+        model = cls(config, tokenizer)
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise InputError("model.safetensors is missing", directory)
+        try:
+            state = load_file(str(weights), device=map_location)
+        except Exception as e:  # safetensors raises its own error types
+            raise InputError(f"cannot read weights ({e})", weights) from None
+        model.load_tensors(state, source=weights)
+        return model
+
+    def _tensors(self) -> dict[str, Tensor]:
+        state = self.state_dict()
+        if self.config.language.tie_embeddings:
+            state.pop("language.lm_head.weight")  # the same storage as the embedding
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def load_tensors(self, state: dict[str, Tensor], source: Path | str | None = None) -> None:
+        expected = self._tensors()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise InputError(f"weights do not match the config: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}", source)
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise InputError(f"'{name}' has shape {tuple(tensor.shape)}, the config "
+                                 f"expects {tuple(expected[name].shape)}", source)
+        self.load_state_dict(state, strict=False)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def model_card(self) -> str:
+        c = self.config
+        return (
+            "# tinyvlm model\n\n"
+            f"- parameters: {self.num_parameters():,}\n"
+            f"- vision: ViT {c.vision.depth} layers, width {c.vision.dim}, "
+            f"{c.vision.image_size}px images, patch {c.vision.patch_size} "
+            f"({c.vision.num_patches} patches)\n"
+            f"- connector: {c.connector.kind} ({self.image_tokens} tokens per image)\n"
+            f"- language: {c.language.depth} layers, width {c.language.dim}, "
+            f"{c.language.heads} heads ({c.language.kv_heads} key/value), "
+            f"vocabulary {c.language.vocab_size}\n\n"
+            "Load with `tinyvlm.TinyVLM.from_pretrained(path)`; try it with "
+            "`tinyvlm generate PATH --image IMG --prompt \"...\"`.\n"
+        )
+
+
+def positions_from_mask(attention_mask: Tensor | None, shape: torch.Size) -> Tensor:
+    """Position ids that skip left padding, so a padded row matches the same row unpadded."""
+    if attention_mask is None:
+        return torch.arange(shape[1]).expand(shape[0], -1)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sample(logits: Tensor, temperature: float, top_p: float,
+           generator: torch.Generator | None) -> Tensor:
+    """Greedy for temperature 0; otherwise temperature and nucleus (top-p) sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,77 @@
+"""A recipe end to end: data, tokenizer, model, then its stages through the one loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyvlm.config import DataConfig, Recipe, dump_yaml
+from tinyvlm.data import shapes
+from tinyvlm.data.formats import conversation_texts, load_llava
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.errors import InputError
+from tinyvlm.io import write_text
+from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.train.loop import completed, load_final, train_stage
+from tinyvlm.train.objectives import build_objective
+
+
+def prepare_data(config: DataConfig, progress: bool = True) -> Path:
+    """The dataset directory, generating ShapesWorld there first when it is empty."""
+    root = Path(config.path)
+    if (root / config.train).is_file():
+        return root
+    if config.shapes is None:
+        raise InputError(f"no training file {config.train} and no ShapesWorld settings", root)
+    s = config.shapes
+    world = shapes.ShapesWorldConfig(num_train=s.num_train, num_val=s.num_val,
+                                     num_test=s.num_test, pope_images=s.pope_images,
+                                     image_size=s.image_size, seed=s.seed)
+    if progress:
+        print(f"generating ShapesWorld in {root} ...", flush=True)
+    shapes.write_dataset(root, world)
+    return root
+
+
+def build_model(recipe: Recipe, run_dir: Path) -> TinyVLM:
+    """A fresh model with a tokenizer trained on the training text (reused on resume)."""
+    tok_file = run_dir / "tokenizer.json"
+    if tok_file.is_file():
+        tokenizer = Tokenizer.load(tok_file, recipe.model.chat)
+    else:
+        texts = conversation_texts(load_llava(Path(recipe.data.path) / recipe.data.train))
+        tokenizer = Tokenizer.train(texts, recipe.tokenizer, recipe.model.chat)
+        tokenizer.save(tok_file)
+    torch.manual_seed(recipe.seed)
+    return TinyVLM.from_tokenizer(recipe.model, tokenizer)
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
+               progress: bool = True) -> TinyVLM:
+    """Train every stage of `recipe` into `run_dir`; the final model goes to run_dir/model.
+
+    With resume, finished stages are skipped (their final weights reloaded) and an
+    interrupted stage continues from its latest checkpoint.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    write_text(run_dir / "recipe.yaml", dump_yaml(recipe))
+    prepare_data(recipe.data, progress)
+    model = build_model(recipe, run_dir)
+    for stage in recipe.stages:
+        if resume and completed(run_dir, stage):
+            load_final(run_dir, stage, model)
+            continue
+        objective = build_objective(stage.objective, model)
+        source = objective.data(model, recipe.data)
+        train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
+    model.save_pretrained(run_dir / "model")
+    return model
+
+
+def stage_summary(recipe: Recipe) -> list[dict[str, Any]]:
+    return [{"name": s.name, "objective": s.objective, "steps": s.steps} for s in recipe.stages]

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny configs, a tiny ShapesWorld, a tokenizer and a model built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyvlm.config import (
+    LanguageConfig,
+    ModelConfig,
+    Recipe,
+    ShapesConfig,
+    StageConfig,
+    VisionConfig,
+    from_dict,
+)
+from tinyvlm.data import shapes
+from tinyvlm.data.formats import conversation_texts, load_llava
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.models.vlm import TinyVLM
+
+TEXTS = [
+    "<image>\nhow many shapes are there?", "3", "what colour is the circle?", "red",
+    "is there a blue square in the image?", "no", "what word is written in the image?", "cat",
+]
+
+
+def tiny_model_config(**language: object) -> ModelConfig:
+    lang = {"dim": 32, "depth": 2, "heads": 4, "kv_heads": 2, "max_seq_len": 128, **language}
+    return ModelConfig(
+        vision=VisionConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2,
+                            cls_attention_layers=[0, -1]),
+        language=from_dict(LanguageConfig, lang),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.train(TEXTS)
+
+
+@pytest.fixture
+def model(tokenizer: Tokenizer) -> TinyVLM:
+    torch.manual_seed(0)
+    return TinyVLM.from_tokenizer(tiny_model_config(), tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ShapesWorld (32 px images), generated once per test session."""
+    root = tmp_path_factory.mktemp("shapes")
+    shapes.write_dataset(root, shapes.ShapesWorldConfig(
+        image_size=32, num_train=48, num_val=4, num_test=8, pope_images=4, seed=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_tokenizer(shapes_dir: Path) -> Tokenizer:
+    return Tokenizer.train(conversation_texts(load_llava(shapes_dir / "train.json")))
+
+
+def tiny_recipe(data_dir: Path, steps: int = 4, **stage: object) -> Recipe:
+    return Recipe(
+        name="tiny",
+        data=from_dict(type(Recipe().data), {"path": str(data_dir), "shapes": None}),
+        model=tiny_model_config(),
+        stages=[from_dict(StageConfig, {"name": "sft", "steps": steps, "batch_size": 4,
+                                        "warmup_steps": 2, "log_every": 1, **stage})],
+    )
+
+
+__all__ = ["TEXTS", "ShapesConfig", "tiny_model_config", "tiny_recipe"]
