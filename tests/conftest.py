@@ -11,7 +11,6 @@ from tinyvlm.config import (
     LanguageConfig,
     ModelConfig,
     Recipe,
-    ShapesConfig,
     StageConfig,
     VisionConfig,
     from_dict,
@@ -76,4 +75,4 @@ def tiny_recipe(data_dir: Path, steps: int = 4, **stage: object) -> Recipe:
     )
 
 
-__all__ = ["TEXTS", "ShapesConfig", "tiny_model_config", "tiny_recipe"]
+__all__ = ["TEXTS", "tiny_model_config", "tiny_recipe"]

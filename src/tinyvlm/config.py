@@ -127,23 +127,13 @@ class TokenizerConfig:
 
 
 @dataclass
-class ShapesConfig:
-    """ShapesWorld sizes; the generator's other knobs keep their defaults."""
-
-    num_train: int = 3000
-    num_val: int = 200
-    num_test: int = 500
-    pope_images: int = 200
-    image_size: int = 64
-    seed: int = 0
-
-
-@dataclass
 class DataConfig:
     # A directory with train.json / val.json / test.json (LLaVA format). When it holds no
     # dataset yet and `shapes` is set, ShapesWorld is generated there first.
     path: str = "data/shapes"
-    shapes: ShapesConfig | None = field(default_factory=ShapesConfig)
+    # ShapesWorld generator settings (keys of tinyvlm.data.shapes.ShapesWorldConfig); None
+    # for a dataset that must already exist.
+    shapes: dict[str, Any] | None = field(default_factory=dict)
     train: str = "train.json"
     eval: list[str] = field(default_factory=lambda: ["test.json", "pope.json"])
     max_seq_len: int | None = None  # None: the language model's max_seq_len
@@ -287,6 +277,10 @@ def load_recipe(path: str | Path) -> Recipe:
     recipe = from_dict(Recipe, load_yaml(path) or {}, source=path, key="recipe")
     if not recipe.stages:
         raise InputError("the recipe has no stages", path)
+    if recipe.data.shapes is not None:
+        from tinyvlm.data.shapes import ShapesWorldConfig  # checks the generator's keys
+
+        ShapesWorldConfig.from_dict(recipe.data.shapes, source=path)
     return recipe
 
 

@@ -91,7 +91,34 @@ class PatchBatch:
         return int(next(iter(self.labels.values())).numel())
 
 
-class PatchLabels(Objective):
+LABEL_KEYS = ("shape", "colour", "size", "word", "row", "col")
+
+
+class _PatchObjective(Objective):
+    """Objectives that read ShapesWorld's dense per-patch labels (from {split}_scenes.jsonl)."""
+
+    def data(self, model: TinyVLM, config: DataConfig) -> DataSource:
+        root = Path(config.path)
+        scenes_file = root / f"{Path(config.train).stem}_scenes.jsonl"
+        if not scenes_file.is_file():
+            raise InputError(f"objective '{self.name}' needs ShapesWorld scene annotations, "
+                             "missing", scenes_file)
+        vcfg = model.config.vision
+        items = [(root / s["image"], shapes.patch_labels(s, vcfg.image_size, vcfg.patch_size))
+                 for s in read_jsonl(scenes_file)]
+        store = ImageStore(vcfg.image_size)
+
+        def collate(batch: Sequence[tuple[Path, dict[str, np.ndarray]]]) -> PatchBatch:
+            pixels = store.pixels([p for p, _ in batch])
+            assert pixels is not None
+            labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab in batch]))
+                      for k in LABEL_KEYS}
+            return PatchBatch(pixels, labels)
+
+        return DataSource(items, collate)
+
+
+class PatchLabels(_PatchObjective):
     """Vision pretraining on the dense labels ShapesWorld gives for free: for every patch,
     the shape, colour and size of the object on it, the word it shows, and its own grid
     position (so position stays decodable for relation questions). It plays the role that
@@ -102,34 +129,13 @@ class PatchLabels(Objective):
     def __init__(self, model: TinyVLM):
         super().__init__(model)
         grid = model.config.vision.grid
-        self.classes = {
+        classes = {
             "shape": len(shapes.SHAPES) + 2, "colour": len(shapes.COLOURS) + 1,
             "size": len(shapes.SIZES) + 1, "word": len(shapes.WORDS) + 1,
             "row": grid, "col": grid,
         }
         dim = model.config.vision.dim
-        self.heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in self.classes.items()})
-
-    def data(self, model: TinyVLM, config: DataConfig) -> DataSource:
-        root = Path(config.path)
-        split = Path(config.train).stem
-        scenes_file = root / f"{split}_scenes.jsonl"
-        if not scenes_file.is_file():
-            raise InputError("patch_labels needs ShapesWorld scene annotations, missing",
-                             scenes_file)
-        vcfg = model.config.vision
-        items = [(root / s["image"], shapes.patch_labels(s, vcfg.image_size, vcfg.patch_size))
-                 for s in read_jsonl(scenes_file)]
-        store = ImageStore(vcfg.image_size)
-
-        def collate(batch: Sequence[tuple[Path, dict[str, np.ndarray]]]) -> PatchBatch:
-            pixels = store.pixels([p for p, _ in batch])
-            assert pixels is not None
-            labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab in batch]))
-                      for k in self.classes}
-            return PatchBatch(pixels, labels)
-
-        return DataSource(items, collate)
+        self.heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in classes.items()})
 
     def forward(self, model: TinyVLM, batch: PatchBatch) -> LossOutput:
         patches = model.vision(batch.pixel_values).patches
@@ -143,7 +149,45 @@ class PatchLabels(Objective):
         return LossOutput(total, batch.num_tokens, metrics)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "patch_labels": PatchLabels}
+class PatchWords(_PatchObjective):
+    """Projector alignment (LLaVA's first stage, with ShapesWorld's dense labels in place of
+    captions): every visual token, read through the language model's output head, must name
+    its patch: the colour, shape and size words of the object on it, or the word written there.
+    Visual tokens then sit where those words sit in the embedding space, so a question can
+    find the patch it asks about by matching words."""
+
+    name = "patch_words"
+
+    def __init__(self, model: TinyVLM):
+        super().__init__(model)
+        assert model.tokenizer is not None
+        tok = model.tokenizer
+
+        def ids(words: Sequence[str], tail: int = 0) -> Tensor:
+            # Label 0 (nothing there) and any trailing label (the word, for "shape") get no
+            # target; a multi-token word is named by its first token.
+            return torch.tensor([IGNORE, *(tok.encode(w)[0] for w in words), *[IGNORE] * tail])
+
+        self.vocab = {"shape": ids(shapes.SHAPES, tail=1), "colour": ids(shapes.COLOURS),
+                      "size": ids(shapes.SIZES), "word": ids(shapes.WORDS)}
+
+    def forward(self, model: TinyVLM, batch: PatchBatch) -> LossOutput:
+        features, _ = model.encode_images(batch.pixel_values)
+        logits = model.language.lm_head(features).float().flatten(0, 1)
+        total, count, metrics = logits.new_zeros(()), 0, {}
+        for key, vocab in self.vocab.items():
+            target = vocab[batch.labels[key].flatten()]
+            loss, n = token_cross_entropy(logits, target)
+            total, count = total + loss * n, count + n
+            mask = target != IGNORE
+            metrics[f"{key}_acc"] = float((logits[mask].argmax(-1) == target[mask]).float()
+                                          .mean()) if n else 0.0
+        return LossOutput(total / max(count, 1), count, metrics)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "sft": SFT, "patch_labels": PatchLabels, "patch_words": PatchWords,
+}
 
 
 def build_objective(name: str, model: TinyVLM) -> Objective:

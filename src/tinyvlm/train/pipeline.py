@@ -25,10 +25,7 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
         return root
     if config.shapes is None:
         raise InputError(f"no training file {config.train} and no ShapesWorld settings", root)
-    s = config.shapes
-    world = shapes.ShapesWorldConfig(num_train=s.num_train, num_val=s.num_val,
-                                     num_test=s.num_test, pope_images=s.pope_images,
-                                     image_size=s.image_size, seed=s.seed)
+    world = shapes.ShapesWorldConfig.from_dict(config.shapes, source="recipe data.shapes")
     if progress:
         print(f"generating ShapesWorld in {root} ...", flush=True)
     shapes.write_dataset(root, world)
