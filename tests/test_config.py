@@ -72,6 +72,6 @@ def test_recipe_without_stages_is_rejected(tmp_path: Path) -> None:
 def test_shapesworld_keys_are_checked_at_load(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("name: x\ndata: {shapes: {num_trian: 5}}\nstages: [{name: a}]\n")
-    with pytest.raises(InputError, match=r"r\.yaml: unknown ShapesWorld key 'num_trian'.*"
+    with pytest.raises(InputError, match=r"r\.yaml: unknown key 'recipe\.data\.shapes\.num_trian'.*"
                                          r"'num_train'"):
         load_recipe(path)

@@ -280,7 +280,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if recipe.data.shapes is not None:
         from tinyvlm.data.shapes import ShapesWorldConfig  # checks the generator's keys
 
-        ShapesWorldConfig.from_dict(recipe.data.shapes, source=path)
+        ShapesWorldConfig.from_dict(recipe.data.shapes, source=path, key="recipe.data.shapes")
     return recipe
 
 

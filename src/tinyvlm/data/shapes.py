@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tinyvlm.errors import InputError, closest
+from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_path, write_json, write_jsonl
 
 CAPABILITIES = ("CNT", "OCR", "RLA", "ATTR", "EXIST")
@@ -94,6 +94,12 @@ class ShapesWorldConfig:
     seed: int = 0
     theme_prob: float = 0.5  # chance that an object is drawn from its scene's theme pair
     font_size: int = 0  # 0: the largest size up to 3/4 of a cell at which every word fits
+    # Where `<image>` stands in a question record: before the question (LLaVA's habit) or
+    # after it, so that a causal model reads the image already knowing what is asked.
+    question_first: bool = False
+    # Training records: "conversation" (all questions of an image in one multi-turn record)
+    # or "single" (one record per question, like val and test).
+    train_layout: str = "conversation"
 
     def __post_init__(self) -> None:
         cell = self.image_size // max(self.grid, 1)
@@ -110,6 +116,8 @@ class ShapesWorldConfig:
             ),
             (not 0 <= self.theme_prob <= 1, "theme_prob must be in [0, 1]"),
             (self.font_size < 0, "font_size must be >= 0"),
+            (self.train_layout not in ("conversation", "single"),
+             "train_layout must be 'conversation' or 'single'"),
         ]
         for bad, message in problems:
             if bad:
@@ -128,17 +136,13 @@ class ShapesWorldConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> ShapesWorldConfig:
+    def from_dict(
+        cls, data: dict[str, Any], source: str | Path | None = None, key: str = "shapes"
+    ) -> ShapesWorldConfig:
         """Build from a (partial) dict; unknown keys are errors naming the closest valid key."""
-        defaults = cls().to_dict()
-        for key, value in data.items():
-            if key not in defaults:
-                hint = closest(key, defaults)
-                raise InputError(f"unknown ShapesWorld key '{key}'{hint}", source)
-            kind = (int, float) if isinstance(defaults[key], float) else int
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise InputError(f"ShapesWorld key '{key}' must be a number, not {value!r}", source)
-        return cls(**data)
+        from tinyvlm.config import from_dict  # the one checker of config dicts
+
+        return from_dict(cls, data, source, key=key)
 
 
 @dataclass
@@ -458,12 +462,19 @@ def pope_probes(
 
 
 def _record(
-    rid: str, image: str, qa: Sequence[Question], extra: dict[str, str] | None = None
+    rid: str,
+    image: str,
+    qa: Sequence[Question],
+    extra: dict[str, str] | None = None,
+    question_first: bool = False,
 ) -> dict[str, Any]:
-    """A LLaVA conversation record; `<image>` opens the first human turn only."""
+    """A LLaVA conversation record; `<image>` goes with the first human turn only."""
     turns: list[dict[str, str]] = []
     for k, q in enumerate(qa):
-        prompt = f"{IMAGE_TOKEN}\n{q.text}" if k == 0 else q.text
+        if k:
+            prompt = q.text
+        else:
+            prompt = f"{q.text}\n{IMAGE_TOKEN}" if question_first else f"{IMAGE_TOKEN}\n{q.text}"
         turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": q.answer}]
     meta = [{"type": q.type, "capabilities": list(q.capabilities), **(extra or {})} for q in qa]
     return {"id": rid, "image": image, "conversations": turns, "meta": meta}
@@ -513,12 +524,14 @@ def write_dataset(out_dir: str | Path, config: ShapesWorldConfig | None = None) 
             with atomic_path(out / path) as tmp:
                 image.save(tmp, format="PNG")
             qa = questions(scene, rng)
-            if split == "train":
+            qf = config.question_first
+            if split == "train" and config.train_layout == "conversation":
                 rng.shuffle(qa)
-                records.append(_record(f"train-{index:06d}", path, qa))
+                records.append(_record(f"train-{index:06d}", path, qa, question_first=qf))
             else:
                 records += [
-                    _record(f"{split}-{index:06d}-{k:02d}", path, [q]) for k, q in enumerate(qa, 1)
+                    _record(f"{split}-{index:06d}-{k:02d}", path, [q], question_first=qf)
+                    for k, q in enumerate(qa, 1)
                 ]
             split_scenes.append(scene)
             lines.append(scene.to_dict(path))
@@ -542,7 +555,13 @@ def write_dataset(out_dir: str | Path, config: ShapesWorldConfig | None = None) 
                 text = f"is there a {category} in the image?"
                 q = Question(text, label, "pope", ["EXIST"])
                 pope_records.append(
-                    _record(f"pope-{kind}-{index + 1:06d}-{k}", image, [q], {"pope": kind})
+                    _record(
+                        f"pope-{kind}-{index + 1:06d}-{k}",
+                        image,
+                        [q],
+                        {"pope": kind},
+                        question_first=config.question_first,
+                    )
                 )
                 rows.append(
                     {"question_id": len(rows) + 1, "image": image, "text": text, "label": label}
