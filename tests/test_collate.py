@@ -72,3 +72,17 @@ def test_images_load_in_placeholder_order(tmp_path: Path, tokenizer: Tokenizer) 
     assert batch.pixel_values is not None
     assert torch.equal(batch.pixel_values[:, :, 0, 0],
                        torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]]))
+
+
+def test_keep_turns_moves_the_image_to_the_first_kept_turn() -> None:
+    from tinyvlm.data.formats import keep_turns
+
+    conv = Conversation("c", [Path("a.png")], [("<image>\nq1", "a1"), ("q2", "a2"), ("q3", "a3")],
+                        [{"type": "x"}, {"type": "y"}, {"type": "x"}])
+    kept = keep_turns(conv, {"y"})
+    assert kept is not None
+    assert kept.turns == [("<image>\nq2", "a2")] and kept.meta == [{"type": "y"}]
+    assert kept.images == conv.images
+    both = keep_turns(conv, {"x"})
+    assert both is not None and both.turns == [("<image>\nq1", "a1"), ("q3", "a3")]
+    assert keep_turns(conv, {"z"}) is None

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import torch
 
+from tinyvlm.config import StageConfig
 from tinyvlm.data import shapes
 from tinyvlm.data.collate import IGNORE
 from tinyvlm.data.tokenizer import Tokenizer
@@ -20,7 +21,7 @@ def test_patch_words_targets_name_each_patch(shapes_tokenizer: Tokenizer, shapes
     assert obj.vocab["shape"].tolist() == [IGNORE, *(tok.encode(s)[0] for s in shapes.SHAPES),
                                            IGNORE]
     assert obj.vocab["colour"][1] == tok.encode(shapes.COLOURS[0])[0]
-    source = obj.data(model, tiny_recipe(shapes_dir).data)
+    source = obj.data(model, tiny_recipe(shapes_dir).data, StageConfig())
     batch = source.collate(source.items[:2])
     assert batch.pixel_values.shape == (2, 3, 32, 32)
     assert batch.labels["shape"].shape == (2, model.config.vision.num_patches)
@@ -34,7 +35,7 @@ def test_patch_words_trains_only_through_the_connector(shapes_tokenizer: Tokeniz
                                                        shapes_dir: Path) -> None:
     model = TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer)
     obj = PatchWords(model)
-    source = obj.data(model, tiny_recipe(shapes_dir).data)
+    source = obj.data(model, tiny_recipe(shapes_dir).data, StageConfig())
     model.requires_grad_(False)
     model.connector.requires_grad_(True)
     opt = torch.optim.AdamW(model.connector.parameters(), lr=3e-2)

@@ -31,7 +31,7 @@ def run(tok: Tokenizer, shapes_dir: Path, out: Path, st: StageConfig, resume: bo
     model = model or fresh(tok)
     recipe = tiny_recipe(shapes_dir)
     obj = build_objective(st.objective, model)
-    train_stage(model, st, obj, obj.data(model, recipe.data), out, resume=resume,
+    train_stage(model, st, obj, obj.data(model, recipe.data, st), out, resume=resume,
                 progress=False)
     return model
 
@@ -63,7 +63,7 @@ def test_two_half_runs_equal_one_run(shapes_tokenizer: Tokenizer, shapes_dir: Pa
     model = fresh(shapes_tokenizer)
     recipe = tiny_recipe(shapes_dir)
     obj = build_objective("sft", model)
-    src = obj.data(model, recipe.data)
+    src = obj.data(model, recipe.data, first)
 
     class Interrupt(Exception):
         pass
@@ -94,7 +94,7 @@ def test_gradient_accumulation_matches_a_big_batch(shapes_tokenizer: Tokenizer,
     """Token-weighted micro-batches give the gradient of the whole batch."""
     model = fresh(shapes_tokenizer)
     obj = SFT(model)
-    src = obj.data(model, tiny_recipe(shapes_dir).data)
+    src = obj.data(model, tiny_recipe(shapes_dir).data, StageConfig())
     items = list(src.items[:8])
     whole = obj(model, src.collate(items))
     whole.loss.backward()
@@ -141,7 +141,8 @@ def test_patch_label_pretraining_learns(shapes_tokenizer: Tokenizer, shapes_dir:
                lr=3e-3, batch_size=8)
     recipe = tiny_recipe(shapes_dir)
     obj = build_objective(st.objective, model)
-    logs = train_stage(model, st, obj, obj.data(model, recipe.data), tmp_path, progress=False)
+    logs = train_stage(model, st, obj, obj.data(model, recipe.data, st), tmp_path,
+                      progress=False)
     assert logs[-1]["loss"] < 0.7 * logs[0]["loss"]
 
 

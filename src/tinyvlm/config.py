@@ -152,6 +152,10 @@ class StageConfig:
     trainable: list[str] = field(default_factory=lambda: ["vision", "connector", "language"])
     # Learning-rate multipliers per module, e.g. {vision: 0.1} for a gentler encoder.
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # Data of this stage: a training file (relative to data.path; default data.train) and,
+    # for curricula, the question types to keep (from each turn's meta; empty: all).
+    train: str | None = None
+    question_types: list[str] = field(default_factory=list)
     steps: int = 100
     batch_size: int = 32
     grad_accum: int = 1

@@ -89,6 +89,22 @@ def _parse_record(row: Any, index: int, path: Path, root: Path) -> Conversation:
     return Conversation(rid, [root / n for n in names], turns, meta, f"{path}:{where}")
 
 
+def keep_turns(conv: Conversation, types: set[str]) -> Conversation | None:
+    """The conversation with only the turns whose meta type is in `types` (None if none is
+    left); image placeholders of dropped turns move to the first kept turn."""
+    if not conv.meta:
+        return None
+    kept = [i for i, m in enumerate(conv.meta) if m.get("type") in types]
+    if not kept:
+        return None
+    images = sum(conv.turns[i][0].count(IMAGE_PLACEHOLDER) for i in range(len(conv.turns))
+                 if i not in kept)
+    turns = [conv.turns[i] for i in kept]
+    if images:
+        turns[0] = ((IMAGE_PLACEHOLDER + "\n") * images + turns[0][0], turns[0][1])
+    return Conversation(conv.id, conv.images, turns, [conv.meta[i] for i in kept], conv.source)
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An RGB image as a uint8 tensor (3, size, size), resized if needed."""
     path = Path(path)

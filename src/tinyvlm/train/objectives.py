@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinyvlm.config import DataConfig
+from tinyvlm.config import DataConfig, StageConfig
 from tinyvlm.data import shapes
 from tinyvlm.data.collate import IGNORE, Batch, SFTCollator
-from tinyvlm.data.formats import ImageStore, load_llava
+from tinyvlm.data.formats import ImageStore, keep_turns, load_llava
 from tinyvlm.errors import InputError, closest
 from tinyvlm.io import read_jsonl
 from tinyvlm.models.vlm import TinyVLM
@@ -45,7 +45,7 @@ class Objective(nn.Module):
     def __init__(self, model: TinyVLM):
         super().__init__()
 
-    def data(self, model: TinyVLM, config: DataConfig) -> DataSource:
+    def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> DataSource:
         raise NotImplementedError
 
     def forward(self, model: TinyVLM, batch: Any) -> LossOutput:
@@ -66,9 +66,16 @@ class SFT(Objective):
 
     name = "sft"
 
-    def data(self, model: TinyVLM, config: DataConfig) -> DataSource:
+    def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> DataSource:
         assert model.tokenizer is not None
-        items = load_llava(Path(config.path) / config.train)
+        path = Path(config.path) / (stage.train or config.train)
+        items = load_llava(path)
+        if stage.question_types:
+            wanted = set(stage.question_types)
+            items = [c for c in (keep_turns(c, wanted) for c in items) if c is not None]
+            if not items:
+                raise InputError(f"stage '{stage.name}': no turn of types "
+                                 f"{sorted(wanted)}", path)
         max_len = config.max_seq_len or model.config.language.max_seq_len
         collate = SFTCollator(model.tokenizer, ImageStore(model.config.vision.image_size),
                               model.image_tokens, max_len)
@@ -97,9 +104,9 @@ LABEL_KEYS = ("shape", "colour", "size", "word", "row", "col")
 class _PatchObjective(Objective):
     """Objectives that read ShapesWorld's dense per-patch labels (from {split}_scenes.jsonl)."""
 
-    def data(self, model: TinyVLM, config: DataConfig) -> DataSource:
+    def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> DataSource:
         root = Path(config.path)
-        scenes_file = root / f"{Path(config.train).stem}_scenes.jsonl"
+        scenes_file = root / f"{Path(stage.train or config.train).stem}_scenes.jsonl"
         if not scenes_file.is_file():
             raise InputError(f"objective '{self.name}' needs ShapesWorld scene annotations, "
                              "missing", scenes_file)

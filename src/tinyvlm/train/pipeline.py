@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -64,11 +63,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             load_final(run_dir, stage, model)
             continue
         objective = build_objective(stage.objective, model)
-        source = objective.data(model, recipe.data)
+        source = objective.data(model, recipe.data, stage)
         train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
     model.save_pretrained(run_dir / "model")
     return model
-
-
-def stage_summary(recipe: Recipe) -> list[dict[str, Any]]:
-    return [{"name": s.name, "objective": s.objective, "steps": s.steps} for s in recipe.stages]
