@@ -160,3 +160,20 @@ def test_run_recipe_writes_model_metrics_and_checkpoints(shapes_dir: Path, tmp_p
     again = run_recipe(recipe, tmp_path, resume=True, progress=False)
     for p, q in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_prepare_data_reuses_only_a_complete_matching_dataset(tmp_path: Path) -> None:
+    from tinyvlm.config import DataConfig
+    from tinyvlm.train.pipeline import prepare_data
+
+    settings = {"image_size": 32, "num_train": 4, "num_val": 1, "num_test": 2, "pope_images": 1}
+    config = DataConfig(path=str(tmp_path / "d"), shapes=settings)
+    root = prepare_data(config, progress=False)
+    stamp = (root / "train.json").stat().st_mtime_ns
+    prepare_data(config, progress=False)
+    assert (root / "train.json").stat().st_mtime_ns == stamp  # reused
+    config.shapes = {**settings, "seed": 5}
+    prepare_data(config, progress=False)
+    assert (root / "train.json").stat().st_mtime_ns != stamp  # other settings: regenerated
+    with pytest.raises(InputError, match="no training file"):
+        prepare_data(DataConfig(path=str(tmp_path / "none"), shapes=None), progress=False)

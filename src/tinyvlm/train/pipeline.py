@@ -11,20 +11,25 @@ from tinyvlm.data import shapes
 from tinyvlm.data.formats import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
-from tinyvlm.io import write_text
+from tinyvlm.io import read_json, write_text
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.loop import completed, load_final, train_stage
 from tinyvlm.train.objectives import build_objective
 
 
 def prepare_data(config: DataConfig, progress: bool = True) -> Path:
-    """The dataset directory, generating ShapesWorld there first when it is empty."""
+    """The dataset directory; with ShapesWorld settings, generated there first unless a
+    complete dataset made with the same settings is already there."""
     root = Path(config.path)
-    if (root / config.train).is_file():
-        return root
     if config.shapes is None:
-        raise InputError(f"no training file {config.train} and no ShapesWorld settings", root)
-    world = shapes.ShapesWorldConfig.from_dict(config.shapes, source="recipe data.shapes")
+        if not (root / config.train).is_file():
+            raise InputError(f"no training file {config.train} (and no ShapesWorld settings "
+                             "to generate one)", root)
+        return root
+    world = shapes.ShapesWorldConfig.from_dict(config.shapes, key="data.shapes")
+    manifest = root / "dataset.json"  # written last: its presence marks a complete dataset
+    if manifest.is_file() and read_json(manifest).get("config") == world.to_dict():
+        return root
     if progress:
         print(f"generating ShapesWorld in {root} ...", flush=True)
     shapes.write_dataset(root, world)
