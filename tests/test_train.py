@@ -177,3 +177,18 @@ def test_prepare_data_reuses_only_a_complete_matching_dataset(tmp_path: Path) ->
     assert (root / "train.json").stat().st_mtime_ns != stamp  # other settings: regenerated
     with pytest.raises(InputError, match="no training file"):
         prepare_data(DataConfig(path=str(tmp_path / "none"), shapes=None), progress=False)
+
+
+def test_training_curves_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tinyvlm.train.curves import plot_training
+
+    metrics = tmp_path / "metrics.jsonl"
+    assert plot_training(metrics, tmp_path / "none.png") is None
+    metrics.write_text("".join(json.dumps({"stage": s, "step": i, "loss": 1.0 / i}) + "\n"
+                               for s in ("a", "b") for i in (1, 2, 3)))
+    out = plot_training(metrics, tmp_path / "t.png")
+    assert out is not None
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size[0] > img.size[1]

@@ -226,7 +226,7 @@ def info(model: str, as_json: bool) -> None:
 def demo(out: str, recipe: str, resume: bool, quiet: bool) -> None:
     """Generate ShapesWorld, train a VLM, evaluate it on the test split, print the table.
 
-    Writes results.json, report.md, capabilities.png and model/ into --out.
+    Writes results.json, report.md, capabilities.png, training.png and model/ into --out.
 
     \b
     Example:
@@ -235,6 +235,7 @@ def demo(out: str, recipe: str, resume: bool, quiet: bool) -> None:
     from tinyvlm.config import load_recipe
     from tinyvlm.eval.report import format_table
     from tinyvlm.eval.run import evaluate_models
+    from tinyvlm.train.curves import plot_training
     from tinyvlm.train.pipeline import run_recipe
 
     tick = time.perf_counter()
@@ -247,10 +248,11 @@ def demo(out: str, recipe: str, resume: bool, quiet: bool) -> None:
     results = evaluate_models({r.name: model}, [data_dir / f for f in r.data.eval], run_dir,
                               data_dir / r.data.train, r.eval.batch_size, r.eval.max_new_tokens,
                               progress=not quiet)
+    plot_training(run_dir / "metrics.jsonl", run_dir / "training.png")
     minutes = (time.perf_counter() - tick) / 60
     click.echo(format_table(results))
-    click.echo(f"\n{minutes:.1f} min end to end; report: {run_dir / 'report.md'}, "
-               f"chart: {run_dir / 'capabilities.png'}, model: {run_dir / 'model'}")
+    click.echo(f"\n{minutes:.1f} min end to end. In {run_dir}: report.md, results.json, "
+               "capabilities.png, training.png, predictions/, model/")
 
 
 def main() -> None:
