@@ -15,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,13 +135,6 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall-clock seconds of one call (CPU: every op has finished when it returns)."""
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
 class LoadMeter:
     """CPU time the rest of the machine used while a benchmark ran (from /proc/stat).
 
@@ -171,7 +164,8 @@ class LoadMeter:
             if other / wall > 0.2:
                 log(
                     f"warning: other processes used {other / wall:.2f} cores on average during "
-                    "this run: the figures are noisy"
+                    "this run: the figures are noisy (rerun on an idle machine, or compare "
+                    "runs with --threads 1)"
                 )
         with contextlib.suppress(OSError):
             out["load_average_at_end"] = list(os.getloadavg())

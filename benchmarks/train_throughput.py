@@ -44,7 +44,7 @@ from common import (
     setup_threads,
     summarize,
 )
-from tinyvlm.config import StageConfig
+from tinyvlm.config import Recipe, StageConfig
 from tinyvlm.train.loop import BatchSampler, configure_trainable, lr_lambda
 from tinyvlm.train.objectives import DataSource, build_objective
 
@@ -121,7 +121,7 @@ def bench_objective(
 ) -> list[dict[str, Any]]:
     rows = []
     probe = build_model(demo, args.seed)
-    source = build_objective(stage.objective, probe).data(probe, demo.recipe.data)
+    source = build_objective(stage.objective, probe).data(probe, demo.recipe.data, stage)
     for bs in batch_sizes:
         sampler = BatchSampler(len(source.items), bs, args.seed)
         batch = source.collate([source.items[i] for i in sampler(0)])
@@ -176,6 +176,17 @@ def bench_objective(
     return rows
 
 
+def pick_stage(recipe: Recipe, objective: str) -> StageConfig:
+    """The recipe's stage to measure for `objective`: the last one that trains on all the data
+    (the demo's final `sft` stage, not `bind`, which keeps one question type), else the last
+    one with that objective, else the defaults."""
+    candidates = [s for s in recipe.stages if s.objective == objective]
+    broad = [s for s in candidates if not s.question_types and not s.train]
+    if broad or candidates:
+        return (broad or candidates)[-1]
+    return StageConfig(name=objective, objective=objective)
+
+
 def main() -> None:
     parser = base_parser((__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -211,7 +222,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tinyvlm-bench-") as tmp:
         log(f"generating ShapesWorld ({num_train} training images) in {tmp} ...")
         demo = make_demo(Path(tmp), num_train=num_train, num_test=0, seed=args.seed)
-        stages = {s.objective: s for s in demo.recipe.stages}
+        stages = {name: pick_stage(demo.recipe, name) for name in args.objectives}
         model = build_model(demo, args.seed)
         results: dict[str, Any] = {}
         if "sft" in args.objectives:
@@ -254,7 +265,13 @@ def main() -> None:
                 "vocab_size": model.config.language.vocab_size,
                 "image_tokens": model.image_tokens,
                 "stages": {
-                    k: {"trainable": s.trainable, "lr_scale": s.lr_scale, "grad_clip": s.grad_clip}
+                    k: {
+                        "name": s.name,
+                        "trainable": s.trainable,
+                        "lr_scale": s.lr_scale,
+                        "grad_clip": s.grad_clip,
+                        "lr": s.lr,
+                    }
                     for k, s in stages.items()
                 },
             },

@@ -122,6 +122,9 @@ class TinyVLM(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if attention_mask[:, -1].eq(0).any():
             raise ValueError("generate() needs left padding: a row ends with padding")
+        if t + max_new_tokens > self.config.language.max_seq_len:
+            raise ValueError(f"{t} prompt tokens + {max_new_tokens} new tokens exceed "
+                             f"max_seq_len {self.config.language.max_seq_len}")
         eos, pad = self.config.eos_token_id, self.config.pad_token_id
         image_features = None
         if pixel_values is not None:
