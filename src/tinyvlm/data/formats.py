@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,13 +146,3 @@ class ImageStore:
 def conversation_texts(conversations: list[Conversation]) -> list[str]:
     """All text of a dataset (for training a tokenizer)."""
     return [text for c in conversations for turn in c.turns for text in turn]
-
-
-def dump_conversation(c: Conversation, root: Path) -> str:
-    """A record back as one LLaVA JSON line (for predictions and derived files)."""
-    msgs = [{"from": r, "value": v} for u, a in c.turns for r, v in (("human", u), ("gpt", a))]
-    images = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in c.images]
-    record: dict[str, Any] = {"id": c.id, "conversations": msgs}
-    if images:
-        record["image"] = images[0] if len(images) == 1 else images
-    return json.dumps(record)
