@@ -51,3 +51,9 @@ def test_bpe_tokenizer_round_trips_text() -> None:
                                                      lowercase=False))
     assert tok.decode(tok.encode("What colour is the circle?")) == "What colour is the circle?"
     assert tok.encode("<|end|>") == [tok.end_id]
+
+
+def test_decode_answer_stops_at_the_end_token(tokenizer: Tokenizer) -> None:
+    red = tokenizer.encode("red")
+    assert tokenizer.decode_answer([*red, tokenizer.end_id, *tokenizer.encode("cat")]) == "red"
+    assert tokenizer.decode_answer(red) == "red"

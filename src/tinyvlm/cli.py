@@ -179,9 +179,7 @@ def generate(model: str, images: tuple[str, ...], prompt: str, max_new_tokens: i
     new = m.generate(batch.input_ids, batch.attention_mask, batch.pixel_values,
                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                      generator=g)[0].tolist()
-    if m.tokenizer.end_id in new:
-        new = new[: new.index(m.tokenizer.end_id)]
-    click.echo(m.tokenizer.decode(new))
+    click.echo(m.tokenizer.decode_answer(new))
 
 
 # ----------------------------------------------------------------------------- info

@@ -101,8 +101,10 @@ class PromptCollator:
     def prompt_ids(self, conv: Conversation) -> list[int]:
         return self.tokenizer.encode_prompt(conv.turns[:-1], conv.question, self.image_tokens)
 
-    def __call__(self, convs: Sequence[Conversation]) -> Batch:
-        ids = [self.prompt_ids(c) for c in convs]
+    def __call__(self, convs: Sequence[Conversation],
+                 ids: Sequence[Sequence[int]] | None = None) -> Batch:
+        """A batch of `convs`; pass their prompt ids when already computed."""
+        ids = ids if ids is not None else [self.prompt_ids(c) for c in convs]
         return Batch(
             input_ids=pad(ids, self.tokenizer.pad_id, side="left"),
             attention_mask=pad([[1] * len(r) for r in ids], 0, side="left"),

@@ -87,6 +87,13 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special).strip()
 
+    def decode_answer(self, ids: Sequence[int]) -> str:
+        """Generated ids as text, up to (not including) the first end-of-turn token."""
+        ids = list(ids)
+        if self.end_id in ids:
+            ids = ids[: ids.index(self.end_id)]
+        return self.decode(ids)
+
     # ---------------------------------------------------------------- chat template
 
     def encode_user(self, text: str, image_tokens: int) -> list[int]:

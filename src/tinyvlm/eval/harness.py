@@ -28,21 +28,19 @@ def predict(model: TinyVLM, conversations: Sequence[Conversation], batch_size: i
     tokenizer = model.tokenizer
     collate = PromptCollator(tokenizer, ImageStore(model.config.vision.image_size),
                              model.image_tokens)
-    lengths = [len(collate.prompt_ids(c)) for c in conversations]
-    order = sorted(range(len(conversations)), key=lambda i: (lengths[i], i))
+    prompts = [collate.prompt_ids(c) for c in conversations]
+    order = sorted(range(len(conversations)), key=lambda i: (len(prompts[i]), i))
     answers: dict[int, str] = {}
     model.eval()
     bar = tqdm(total=len(order), desc="eval", unit="q", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate([conversations[i] for i in chunk])
+        batch = collate([conversations[i] for i in chunk], [prompts[i] for i in chunk])
         with torch.inference_mode():
             new = model.generate(batch.input_ids, batch.attention_mask, batch.pixel_values,
                                  max_new_tokens=max_new_tokens)
         for i, row in zip(chunk, new.tolist(), strict=True):
-            if tokenizer.end_id in row:
-                row = row[: row.index(tokenizer.end_id)]
-            answers[i] = tokenizer.decode(row)
+            answers[i] = tokenizer.decode_answer(row)
         bar.update(len(chunk))
     bar.close()
     return [sample_record(c, answers[i]) for i, c in enumerate(conversations)]
