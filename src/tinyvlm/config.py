@@ -25,6 +25,63 @@ T = TypeVar("T")
 
 
 @dataclass
+class MoEConfig:
+    """Sparse mixture-of-experts FFNs, for the language model or the vision encoder.
+
+    Experts are SwiGLU FFNs; a linear router scores them in fp32 and each token goes to its
+    top_k. LLaVA-MoD's student: 4 experts, top-2, every other layer, balance_coef 0.01.
+    """
+
+    experts: int = 4
+    top_k: int = 2
+    # Which blocks are MoE: "all", "every-other" (1, 3, 5, ...: the first block stays dense),
+    # or an explicit list of block indices (negative counts from the end).
+    layers: str | list[int] = "every-other"
+    hidden_dim: int | None = None  # each expert's hidden width; None: the dense FFN's
+    # Experts per MoE block when they differ (a pruned single-task model), aligned with
+    # moe_layers(); empty: `experts` everywhere.
+    layer_experts: list[int] = field(default_factory=list)
+    shared_expert_dim: int = 0  # > 0: an always-on SwiGLU expert of this width beside them
+    normalize_gates: bool = True  # renormalise the top_k probabilities to sum to 1
+    # "dropless" runs every choice; "capacity" gives each expert ceil(capacity_factor *
+    # tokens * top_k / experts) slots and drops the overflow (top-1 choices first, then
+    # token order), as GShard and Switch do.
+    routing: str = "dropless"
+    capacity_factor: float = 1.5
+    eval_capacity_factor: float | None = None  # None: the training capacity factor
+    balance_coef: float = 0.01  # load-balancing loss E * sum_e f_e * P_e
+    z_coef: float = 0.0  # router z-loss mean(logsumexp(logits)^2)
+    jitter: float = 0.0  # training only: router input scaled by U(1 - jitter, 1 + jitter)
+    # Task-conditioned routing (M3ViT): "none", "embedding" (the router sees the token
+    # concatenated with a learned task embedding) or "multi_gate" (one router per task).
+    task_routing: str = "none"
+    num_tasks: int = 0
+    task_dim: int = 16
+
+    def moe_layers(self, depth: int) -> list[int]:
+        """The block indices that are MoE, for a stack of `depth` blocks."""
+        if self.layers == "all":
+            return list(range(depth))
+        if self.layers == "every-other":
+            return list(range(1, depth, 2))
+        if isinstance(self.layers, str):
+            raise ValueError(f"moe.layers must be 'all', 'every-other' or a list of block "
+                             f"indices, got {self.layers!r}")
+        bad = [i for i in self.layers if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"moe.layers {bad} outside the {depth} blocks")
+        return sorted({i % depth for i in self.layers})
+
+    def experts_at(self, depth: int) -> dict[int, int]:
+        """Block index -> number of experts, for every MoE block."""
+        layers = self.moe_layers(depth)
+        if self.layer_experts and len(self.layer_experts) != len(layers):
+            raise ValueError(f"moe.layer_experts has {len(self.layer_experts)} entries for "
+                             f"{len(layers)} MoE blocks")
+        return dict(zip(layers, self.layer_experts or [self.experts] * len(layers), strict=True))
+
+
+@dataclass
 class VisionConfig:
     image_size: int = 64
     patch_size: int = 16
@@ -39,6 +96,7 @@ class VisionConfig:
     # Layers (0-based; negative counts from the end) whose [CLS] attention is returned, so
     # token pruning can rank patches without a second pass.
     cls_attention_layers: list[int] = field(default_factory=lambda: [-1])
+    moe: MoEConfig | None = None  # sparse FFNs (task-routed for M3ViT); None: dense
 
     @property
     def grid(self) -> int:
@@ -68,6 +126,7 @@ class LanguageConfig:
     norm_eps: float = 1e-6
     dropout: float = 0.0
     tie_embeddings: bool = True
+    moe: MoEConfig | None = None  # sparse FFNs (LLaVA-MoD's student); None: dense
 
     @property
     def head_dim(self) -> int:

@@ -16,6 +16,7 @@ from tinyvlm.models.layers import (
     init_weights,
     scale_residual_init,
 )
+from tinyvlm.models.moe import MoE
 
 
 class KVCache:
@@ -89,7 +90,14 @@ class DecoderBlock(nn.Module):
         self.attn_norm = RMSNorm(config.dim, config.norm_eps)
         self.attn = Attention(config, layer)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.ffn: nn.Module = SwiGLU(config.dim, config.hidden_ffn_dim)
+        experts = config.moe.experts_at(config.depth).get(layer) if config.moe else None
+        self.ffn: nn.Module
+        if config.moe is not None and experts is not None:
+            self.ffn = MoE(config.dim, config.moe.hidden_dim or config.hidden_ffn_dim,
+                           config.moe, experts, name=f"language.{layer}",
+                           residual_depth=config.depth)
+        else:
+            self.ffn = SwiGLU(config.dim, config.hidden_ffn_dim)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, causal: bool,
                 cache: KVCache | None, ctx: ForwardContext) -> Tensor:
@@ -153,6 +161,9 @@ class LanguageModel(nn.Module):
         """Final hidden states (B, T, dim) for embedded inputs; appends to `cache` if given."""
         ctx = ctx if ctx is not None else ForwardContext()
         past_len = cache.length if cache is not None else 0
+        # Routed layers see the mask of the tokens computed now, not of the cached ones.
+        ctx = ctx.derive(None if attention_mask is None
+                         else attention_mask[:, past_len:].bool())
         mask, causal = attention_mask_for(attention_mask, inputs_embeds.shape[1], past_len)
         rope = self.rope(position_ids)
         x = inputs_embeds

@@ -17,11 +17,18 @@ class ForwardContext:
 
     token_mask marks real tokens (False for padding), so routed layers can skip padding;
     records collects per-layer statistics (router loads, auxiliary losses) that a layer
-    produces, so the caller receives them as typed data instead of extra return values.
+    produces, so the caller receives them as typed data instead of extra return values;
+    task_ids (B,) selects the routing of task-conditioned MoE layers.
     """
 
     token_mask: Tensor | None = None
     records: list[Any] = field(default_factory=list)
+    task_ids: Tensor | None = None
+
+    def derive(self, token_mask: Tensor | None) -> ForwardContext:
+        """The same context for another token layout (the vision encoder's patches, the new
+        tokens of a cached decoding step): shares records and task ids."""
+        return ForwardContext(token_mask=token_mask, records=self.records, task_ids=self.task_ids)
 
 
 class RMSNorm(nn.Module):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from tinyvlm.config import VisionConfig
 from tinyvlm.models.layers import GELUMLP, ForwardContext, init_weights, scale_residual_init
+from tinyvlm.models.moe import MoE
 
 
 @dataclass
@@ -58,13 +59,20 @@ class VisionAttention(nn.Module):
 
 
 class VisionBlock(nn.Module):
-    def __init__(self, config: VisionConfig):
+    def __init__(self, config: VisionConfig, layer: int):
         super().__init__()
         self.attn_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.attn = VisionAttention(config.dim, config.heads)
         self.ffn_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
-        self.ffn: nn.Module = GELUMLP(config.dim, int(config.dim * config.mlp_ratio),
-                                      config.dropout)
+        hidden = int(config.dim * config.mlp_ratio)
+        experts = config.moe.experts_at(config.depth).get(layer) if config.moe else None
+        self.ffn: nn.Module
+        if config.moe is not None and experts is not None:
+            # Experts are SwiGLU (the one MoE module); dense ViT blocks keep the GELU MLP.
+            self.ffn = MoE(config.dim, config.moe.hidden_dim or hidden, config.moe, experts,
+                           name=f"vision.{layer}", residual_depth=config.depth)
+        else:
+            self.ffn = GELUMLP(config.dim, hidden, config.dropout)
 
     def forward(self, x: Tensor, ctx: ForwardContext, want_cls_attention: bool
                 ) -> tuple[Tensor, Tensor | None]:
@@ -90,10 +98,11 @@ class VisionEncoder(nn.Module):
         else:
             raise ValueError(f"vision.position must be 'learned' or 'sincos', got "
                              f"{config.position!r}")
-        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(VisionBlock(config, i) for i in range(config.depth))
         self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         init_weights(self)
-        scale_residual_init([m for b in self.blocks for m in (b.attn.proj, b.ffn.fc2)],
+        scale_residual_init([m for b in self.blocks
+                             for m in (b.attn.proj, getattr(b.ffn, "fc2", None)) if m],
                             config.depth)
         nn.init.normal_(self.cls_token, std=0.02)
         if config.position == "learned":
@@ -101,7 +110,8 @@ class VisionEncoder(nn.Module):
         self.cls_layers = {i % config.depth for i in config.cls_attention_layers}
 
     def forward(self, pixel_values: Tensor, ctx: ForwardContext | None = None) -> VisionOutput:
-        ctx = ctx if ctx is not None else ForwardContext()
+        # Every patch is a real token: no mask, but the caller's records and task ids.
+        ctx = ctx.derive(None) if ctx is not None else ForwardContext()
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2) + self.pos_embed
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         cls_attention = {}

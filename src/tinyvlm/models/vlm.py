@@ -84,10 +84,12 @@ class TinyVLM(nn.Module):
         image_features: Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        task_ids: Tensor | None = None,
     ) -> VLMOutput:
         """Logits for `input_ids` (B, T). attention_mask marks real tokens (left or right
         padding); logits_to_keep > 0 computes only the last positions' logits."""
-        ctx = ForwardContext(token_mask=None if attention_mask is None else attention_mask.bool())
+        # Each tower derives its own token mask; the context carries records and task ids.
+        ctx = ForwardContext(task_ids=task_ids)
         vision = None
         if image_features is None and pixel_values is not None:
             image_features, vision = self.encode_images(pixel_values, ctx)

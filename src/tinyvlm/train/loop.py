@@ -22,6 +22,7 @@ from tqdm import tqdm
 from tinyvlm.config import StageConfig, to_dict
 from tinyvlm.errors import InputError, closest
 from tinyvlm.io import atomic_dir, read_jsonl, write_jsonl
+from tinyvlm.models.moe import router_losses
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.objectives import DataSource, Objective
 
@@ -180,8 +181,12 @@ def train_stage(
             with autocast:
                 out = objective(model, batch)
             outputs.append(out)
+            # MoE auxiliary losses enter here and only here: counted once, logged apart.
+            aux, router_metrics = router_losses(out.records)
+            out.metrics.update(router_metrics)
+            total = out.loss if aux is None else out.loss + aux
             # Scale so the accumulated gradient is the mean over all units of the step.
-            out.loss.mul(out.weight).backward()
+            total.mul(out.weight).backward()
         total_weight = sum(o.weight for o in outputs) or 1.0
         for p in params:
             if p.grad is not None:

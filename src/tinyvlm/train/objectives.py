@@ -23,6 +23,7 @@ from tinyvlm.data.collate import IGNORE, Batch, SFTCollator
 from tinyvlm.data.formats import ImageStore, keep_turns, load_llava
 from tinyvlm.errors import InputError, closest
 from tinyvlm.io import read_jsonl
+from tinyvlm.models.layers import ForwardContext
 from tinyvlm.models.vlm import TinyVLM
 
 
@@ -31,6 +32,9 @@ class LossOutput:
     loss: Tensor  # mean over `weight` units (tokens, patches, pairs)
     weight: float  # how many units: gradient accumulation weights micro-batches by it
     metrics: dict[str, float] = field(default_factory=dict)
+    # The forward pass's layer records (MoE routers): the loop adds their auxiliary losses
+    # once, so no objective can forget them or count them twice.
+    records: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -85,7 +89,7 @@ class SFT(Objective):
         out = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
         assert batch.target_ids is not None
         loss, n = token_cross_entropy(out.logits, batch.target_ids)
-        return LossOutput(loss, n, {"ce": float(loss.detach())})
+        return LossOutput(loss, n, {"ce": float(loss.detach())}, out.records)
 
 
 @dataclass
@@ -145,7 +149,8 @@ class PatchLabels(_PatchObjective):
         self.heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in classes.items()})
 
     def forward(self, model: TinyVLM, batch: PatchBatch) -> LossOutput:
-        patches = model.vision(batch.pixel_values).patches
+        ctx = ForwardContext()
+        patches = model.vision(batch.pixel_values, ctx).patches
         metrics, total = {}, patches.new_zeros((), dtype=torch.float32)
         for key, head in self.heads.items():
             logits = head(patches).float()
@@ -153,7 +158,7 @@ class PatchLabels(_PatchObjective):
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
             total = total + loss
             metrics[f"{key}_acc"] = float((logits.argmax(-1) == target).float().mean())
-        return LossOutput(total, batch.num_tokens, metrics)
+        return LossOutput(total, batch.num_tokens, metrics, ctx.records)
 
 
 class PatchWords(_PatchObjective):
@@ -179,7 +184,8 @@ class PatchWords(_PatchObjective):
                       "size": ids(shapes.SIZES), "word": ids(shapes.WORDS)}
 
     def forward(self, model: TinyVLM, batch: PatchBatch) -> LossOutput:
-        features, _ = model.encode_images(batch.pixel_values)
+        ctx = ForwardContext()
+        features, _ = model.encode_images(batch.pixel_values, ctx)
         logits = model.language.lm_head(features).float().flatten(0, 1)
         total, count, metrics = logits.new_zeros(()), 0, {}
         for key, vocab in self.vocab.items():
@@ -189,7 +195,7 @@ class PatchWords(_PatchObjective):
             mask = target != IGNORE
             metrics[f"{key}_acc"] = float((logits[mask].argmax(-1) == target[mask]).float()
                                           .mean()) if n else 0.0
-        return LossOutput(total / max(count, 1), count, metrics)
+        return LossOutput(total / max(count, 1), count, metrics, ctx.records)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

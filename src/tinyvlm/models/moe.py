@@ -1,0 +1,318 @@
+"""Sparse mixture-of-experts FFN: one module for the language model and the vision encoder.
+
+A router scores the experts in fp32, each token goes to its top-k, and every expert runs once
+on the tokens that chose it (tokens sorted by expert, contiguous slices, one matmul pair per
+expert): no loop over tokens and no dense compute over all experts. Masked tokens (padding)
+are never routed and never enter the auxiliary losses. Statistics and losses come back as a
+typed `RouterRecord` appended to the forward context, never as extra return values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tinyvlm.config import MoEConfig
+from tinyvlm.models.layers import ForwardContext, SwiGLU
+
+ROUTING_MODES = ("dropless", "capacity")
+TASK_ROUTING = ("none", "embedding", "multi_gate")
+
+
+@dataclass
+class RouterRecord:
+    """What one MoE layer did in one forward pass."""
+
+    layer: str  # e.g. "language.3"
+    num_experts: int
+    # (..., top_k) expert chosen by each token, in the input's leading shape; -1 for tokens
+    # that were not routed (masked). Choices dropped for capacity still show their expert.
+    choices: Tensor
+    gates: Tensor  # same shape, float: the weight of each choice (0 where not routed)
+    kept: Tensor | None  # same shape, bool: the choice ran (None: dropless, all ran)
+    aux_loss: Tensor  # balance_coef * balance + z_coef * z: the one term the loop adds
+    balance_loss: Tensor  # unweighted, detached
+    z_loss: Tensor  # unweighted, detached
+    tokens: int  # routed tokens
+
+    @property
+    def load(self) -> Tensor:
+        """(E,) number of choices each expert ran."""
+        chosen = self.choices[self.choices >= 0] if self.kept is None else self.choices[self.kept]
+        return torch.bincount(chosen.flatten(), minlength=self.num_experts)
+
+    @property
+    def dropped(self) -> int:
+        return 0 if self.kept is None else int((~self.kept & (self.choices >= 0)).sum())
+
+    @property
+    def drop_rate(self) -> float:
+        total = int((self.choices >= 0).sum())
+        return self.dropped / total if total else 0.0
+
+    @property
+    def imbalance(self) -> float:
+        """max / mean expert load: 1 is perfectly balanced, num_experts is total collapse."""
+        load = self.load.float()
+        return float(load.max() / load.mean()) if load.sum() > 0 else 1.0
+
+
+def router_losses(records: Sequence[object]) -> tuple[Tensor | None, dict[str, float]]:
+    """The summed auxiliary loss of every MoE layer in `records`, and the metrics to log
+    (means over layers). None when the forward pass had no MoE layer."""
+    routers = [r for r in records if isinstance(r, RouterRecord)]
+    if not routers:
+        return None, {}
+    total = torch.stack([r.aux_loss.float() for r in routers]).sum()
+    n = len(routers)
+    return total, {
+        "router_loss": float(total.detach()),
+        "balance_loss": sum(float(r.balance_loss) for r in routers) / n,
+        "z_loss": sum(float(r.z_loss) for r in routers) / n,
+        "load_imbalance": sum(r.imbalance for r in routers) / n,
+        "drop_rate": sum(r.drop_rate for r in routers) / n,
+    }
+
+
+class Router(nn.Module):
+    """Token -> expert logits, in fp32.
+
+    Task-conditioned variants (M3ViT): "embedding" feeds the token concatenated with a learned
+    task embedding to one gate; "multi_gate" keeps one gate per task.
+    """
+
+    def __init__(self, dim: int, num_experts: int, config: MoEConfig):
+        super().__init__()
+        if config.task_routing not in TASK_ROUTING:
+            raise ValueError(f"moe.task_routing must be one of {TASK_ROUTING}, got "
+                             f"{config.task_routing!r}")
+        self.mode = config.task_routing
+        self.num_tasks = config.num_tasks if self.mode != "none" else 0
+        if self.mode != "none" and self.num_tasks < 1:
+            raise ValueError("task routing needs moe.num_tasks >= 1")
+        gates = self.num_tasks if self.mode == "multi_gate" else 1
+        in_dim = dim + (config.task_dim if self.mode == "embedding" else 0)
+        self.weight = nn.Parameter(torch.empty(gates, num_experts, in_dim))
+        self.task_embed = (nn.Embedding(self.num_tasks, config.task_dim)
+                           if self.mode == "embedding" else None)
+        nn.init.normal_(self.weight, std=0.02)
+        if self.task_embed is not None:
+            nn.init.normal_(self.task_embed.weight, std=0.02)
+
+    def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        x = x.float()
+        if self.mode == "none":
+            return F.linear(x, self.weight[0].float())
+        if task_ids is None:
+            if self.num_tasks != 1:
+                raise ValueError("this MoE layer routes by task: pass task ids "
+                                 "(ForwardContext.task_ids)")
+            task_ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if self.task_embed is not None:
+            x = torch.cat([x, self.task_embed(task_ids).float()], dim=-1)
+            return F.linear(x, self.weight[0].float())
+        # One gate per task: score against every gate (cheap: few experts), keep the token's.
+        e = self.weight.shape[1]
+        logits = F.linear(x, self.weight.float().flatten(0, 1)).view(-1, self.num_tasks, e)
+        return logits.gather(1, task_ids.view(-1, 1, 1).expand(-1, 1, e)).squeeze(1)
+
+
+class MoE(nn.Module):
+    """E SwiGLU experts (stacked weights), a top-k router, an optional shared expert.
+
+    Weights are stored like transformers' Mixtral experts (gate_up_proj (E, 2I, H) with the
+    gate half first, down_proj (E, H, I)), so checkpoints map one to one.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, config: MoEConfig, num_experts: int | None = None,
+                 name: str = "moe", residual_depth: int = 1, std: float = 0.02):
+        super().__init__()
+        if config.routing not in ROUTING_MODES:
+            raise ValueError(f"moe.routing must be one of {ROUTING_MODES}, got "
+                             f"{config.routing!r}")
+        self.config = config
+        self.name = name
+        self.num_experts = num_experts or config.experts
+        self.top_k = min(config.top_k, self.num_experts)
+        if self.top_k < 1:
+            raise ValueError("moe.top_k must be >= 1")
+        self.router = Router(dim, self.num_experts, config)
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * hidden_dim, dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, dim, hidden_dim))
+        nn.init.normal_(self.gate_up_proj, std=std)
+        # The residual-branch output shrinks with depth, as for dense FFNs (GPT-2 init).
+        nn.init.normal_(self.down_proj, std=std / math.sqrt(2 * residual_depth))
+        self.shared = (SwiGLU(dim, config.shared_expert_dim)
+                       if config.shared_expert_dim > 0 else None)
+
+    # ---------------------------------------------------------------- routing
+
+    def capacity(self, tokens: int) -> int | None:
+        """Slots per expert, or None when dropless."""
+        if self.config.routing == "dropless":
+            return None
+        factor = self.config.capacity_factor
+        if not self.training and self.config.eval_capacity_factor is not None:
+            factor = self.config.eval_capacity_factor
+        return math.ceil(factor * tokens * self.top_k / self.num_experts)
+
+    def _within_capacity(self, top_i: Tensor, capacity: int) -> Tensor:
+        """(N, k) bool: the choice gets a slot. First choices are served before second
+        choices, and within a rank earlier tokens first."""
+        n, k = top_i.shape
+        onehot = F.one_hot(top_i.t().reshape(-1), self.num_experts)  # rank-major order
+        slot = (onehot.cumsum(0) * onehot).sum(-1) - 1
+        return (slot < capacity).view(k, n).t()
+
+    def _experts(self, x: Tensor, top_i: Tensor, gates: Tensor, kept: Tensor | None) -> Tensor:
+        """sum_j gates[:, j] * expert_{top_i[:, j]}(x), each expert run once on its tokens."""
+        n, k = top_i.shape
+        expert_of = top_i.reshape(-1)
+        token_of = torch.arange(n, device=x.device).repeat_interleave(k)
+        live = None
+        if kept is not None:
+            live = kept.reshape(-1).nonzero().squeeze(1)
+            expert_of, token_of = expert_of[live], token_of[live]
+        order = expert_of.argsort(stable=True)
+        counts = torch.bincount(expert_of, minlength=self.num_experts).tolist()
+        sorted_x = x.index_select(0, token_of[order])
+        outputs = []
+        for e, chunk in enumerate(sorted_x.split(counts)):
+            if chunk.shape[0] == 0:
+                continue
+            gate, up = F.linear(chunk, self.gate_up_proj[e]).chunk(2, dim=-1)
+            outputs.append(F.linear(F.silu(gate) * up, self.down_proj[e]))
+        sorted_y = torch.cat(outputs) if outputs else x.new_zeros(0, x.shape[-1])
+        # Undo the sort, then weight each choice by its gate and sum a token's choices.
+        per_choice = sorted_y.new_zeros(n * k, x.shape[-1])
+        rows = order if live is None else live[order]
+        per_choice = per_choice.index_copy(0, rows, sorted_y)
+        weights = gates.to(per_choice.dtype).unsqueeze(-1)
+        return (per_choice.view(n, k, -1) * weights).sum(1)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, x: Tensor, ctx: ForwardContext | None = None) -> Tensor:
+        ctx = ctx if ctx is not None else ForwardContext()
+        lead, dim = x.shape[:-1], x.shape[-1]
+        flat = x.reshape(-1, dim)
+        mask = ctx.token_mask
+        if mask is not None and tuple(mask.shape) != tuple(lead):
+            raise ValueError(f"{self.name}: token_mask {tuple(mask.shape)} does not match "
+                             f"the tokens {tuple(lead)}")
+        routed = None if mask is None else mask.reshape(-1).nonzero().squeeze(1)
+        tokens = flat if routed is None else flat.index_select(0, routed)
+        task_ids = None
+        if ctx.task_ids is not None:
+            per_token = ctx.task_ids.view(-1, *[1] * (len(lead) - 1)).expand(lead).reshape(-1)
+            task_ids = per_token if routed is None else per_token[routed]
+
+        router_in = tokens
+        if self.training and self.config.jitter > 0:
+            noise = torch.empty_like(tokens).uniform_(1 - self.config.jitter,
+                                                      1 + self.config.jitter)
+            router_in = tokens * noise
+        logits = self.router(router_in, task_ids)  # (N, E) fp32
+        probs = logits.softmax(-1)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)
+        gates = top_p / top_p.sum(-1, keepdim=True) if self.config.normalize_gates else top_p
+        capacity = self.capacity(tokens.shape[0])
+        kept = None if capacity is None else self._within_capacity(top_i, capacity)
+
+        y = self._experts(tokens, top_i, gates, kept)
+        if self.shared is not None:
+            y = y + self.shared(tokens)
+        out = y if routed is None else flat.new_zeros(flat.shape).index_copy(0, routed, y)
+
+        balance, z = self._aux_losses(logits, probs, top_i)
+        aux = self.config.balance_coef * balance + self.config.z_coef * z
+        ctx.records.append(RouterRecord(
+            layer=self.name, num_experts=self.num_experts,
+            choices=self._spread(top_i.detach(), routed, lead, -1),
+            gates=self._spread(gates.detach(), routed, lead, 0.0),
+            kept=None if kept is None else self._spread(kept, routed, lead, False),
+            aux_loss=aux, balance_loss=balance.detach(), z_loss=z.detach(),
+            tokens=tokens.shape[0],
+        ))
+        return out.view(x.shape)
+
+    def _aux_losses(self, logits: Tensor, probs: Tensor, top_i: Tensor) -> tuple[Tensor, Tensor]:
+        if logits.shape[0] == 0:
+            zero = logits.sum() * 0.0
+            return zero, zero
+        # f_e: share of tokens whose choices include e; P_e: mean router probability.
+        f = F.one_hot(top_i, self.num_experts).sum(1).float().mean(0)
+        balance = self.num_experts * (f * probs.mean(0)).sum()
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        return balance, z
+
+    def _spread(self, values: Tensor, routed: Tensor | None, lead: torch.Size, fill: object
+                ) -> Tensor:
+        """Per-routed-token values back to the input's token layout, `fill` elsewhere."""
+        if routed is None:
+            return values.view(*lead, -1)
+        full = values.new_full((math.prod(lead), values.shape[-1]), fill)
+        full[routed] = values
+        return full.view(*lead, -1)
+
+    # ---------------------------------------------------------------- surgery
+
+    @torch.no_grad()
+    def keep_experts(self, keep: Sequence[int]) -> None:
+        """Drop every expert not in `keep` (M3ViT's single-task pathway); the router scores
+        only the kept experts, and top_k shrinks if fewer experts remain."""
+        idx = torch.as_tensor(sorted(set(keep)), dtype=torch.long)
+        if len(idx) == 0 or int(idx.max()) >= self.num_experts:
+            raise ValueError(f"{self.name}: cannot keep experts {list(keep)} of "
+                             f"{self.num_experts}")
+        self.gate_up_proj = nn.Parameter(self.gate_up_proj[idx].clone())
+        self.down_proj = nn.Parameter(self.down_proj[idx].clone())
+        self.router.weight = nn.Parameter(self.router.weight[:, idx].clone())
+        self.num_experts = len(idx)
+        self.top_k = min(self.top_k, self.num_experts)
+
+    @torch.no_grad()
+    def keep_task(self, task: int) -> None:
+        """Keep only `task`'s routing (its gate or its embedding row): the layer then routes
+        as that task without being given task ids."""
+        router = self.router
+        if router.mode == "none":
+            return
+        if not 0 <= task < router.num_tasks:
+            raise ValueError(f"{self.name}: task {task} out of range 0..{router.num_tasks - 1}")
+        if router.mode == "multi_gate":
+            router.weight = nn.Parameter(router.weight[task : task + 1].clone())
+        else:
+            assert router.task_embed is not None
+            row = router.task_embed.weight[task : task + 1].clone()
+            router.task_embed = nn.Embedding.from_pretrained(row, freeze=False)
+        router.num_tasks = 1
+
+    @classmethod
+    @torch.no_grad()
+    def upcycle(cls, dense: SwiGLU, config: MoEConfig, num_experts: int | None = None,
+                name: str = "moe") -> MoE:
+        """A sparse layer whose experts all start as copies of `dense`.
+
+        With renormalised gates the output equals the dense FFN's at initialisation whatever
+        the router says, since every expert computes the same function.
+        """
+        if not config.normalize_gates:
+            raise ValueError("upcycling needs moe.normalize_gates: true (otherwise the output "
+                             "is scaled by the chosen experts' probability mass)")
+        hidden, dim = dense.gate.weight.shape
+        if config.hidden_dim not in (None, hidden):
+            raise ValueError(f"upcycled experts keep the dense width {hidden}, but "
+                             f"moe.hidden_dim is {config.hidden_dim}")
+        moe = cls(dim, hidden, config, num_experts, name=name)
+        gate_up = torch.cat([dense.gate.weight, dense.up.weight], dim=0)
+        moe.gate_up_proj.copy_(gate_up.expand(moe.num_experts, -1, -1))
+        moe.down_proj.copy_(dense.down.weight.expand(moe.num_experts, -1, -1))
+        if moe.shared is not None:
+            nn.init.zeros_(moe.shared.down.weight)  # starts silent, so outputs still match
+        return moe.to(dense.gate.weight.dtype)
