@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -185,31 +185,173 @@ def generate(model: str, images: tuple[str, ...], prompt: str, max_new_tokens: i
 # ----------------------------------------------------------------------------- info
 
 
+def parse_layers(value: str) -> str | list[int]:
+    """'all', 'every-other' or a comma-separated list of block indices."""
+    if value in ("all", "every-other"):
+        return value
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise InputError(f"--layers must be 'all', 'every-other' or block indices like 1,3; "
+                         f"got {value!r}") from None
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.argument("out_dir")
+@click.option("--experts", default=4, show_default=True, help="Experts per MoE layer.")
+@click.option("--top-k", default=2, show_default=True, help="Experts each token runs.")
+@click.option("--layers", default="every-other", show_default=True,
+              help="all, every-other, or block indices like 1,3.")
+@click.option("--capacity-factor", type=float, default=None,
+              help="Drop choices beyond this capacity [default: dropless].")
+@click.option("--balance-coef", default=0.01, show_default=True,
+              help="Weight of the load-balancing loss.")
+@click.option("--z-coef", default=0.0, show_default=True, help="Weight of the router z-loss.")
+def upcycle(model_dir: str, out_dir: str, experts: int, top_k: int, layers: str,
+            capacity_factor: float | None, balance_coef: float, z_coef: float) -> None:
+    """Turn a dense model into a sparse one whose experts start as copies of the dense FFN.
+
+    At initialisation the sparse model computes exactly what the dense one did; training
+    (e.g. mimic distillation) then moves the experts apart.
+
+    \b
+    Example:
+      tinyvlm upcycle runs/demo/model runs/moe/model --experts 4 --top-k 2 --layers every-other
+    """
+    from tinyvlm.config import MoEConfig
+    from tinyvlm.models.surgery import upcycle as upcycle_model
+
+    moe = MoEConfig(experts=experts, top_k=top_k, layers=parse_layers(layers),
+                    routing="dropless" if capacity_factor is None else "capacity",
+                    capacity_factor=capacity_factor or 1.5, balance_coef=balance_coef,
+                    z_coef=z_coef)
+    model = load_model(model_dir)
+    try:
+        upcycle_model(model, moe)
+    except ValueError as e:
+        raise InputError(str(e), model_dir) from None
+    model.save_pretrained(out_dir)
+    lang = model.config.language
+    click.echo(f"{len(moe.moe_layers(lang.depth))} of {lang.depth} language blocks now have "
+               f"{experts} experts (top-{top_k}); written to {out_dir}")
+
+
+@cli.group()
+def tasks() -> None:
+    """Multi-task vision models with task-routed experts (M3ViT)."""
+
+
+def _task_run(run_dir: str) -> tuple[TinyVLM, Any, Any]:
+    from tinyvlm.config import load_recipe
+    from tinyvlm.eval.tasks import load_heads
+
+    recipe = load_recipe(Path(run_dir) / "recipe.yaml")
+    model = load_model(str(Path(run_dir) / "model"))
+    return model, load_heads(run_dir, recipe.stages[-1], model), recipe
+
+
+def _task_id(name: str) -> int:
+    from tinyvlm.errors import closest
+    from tinyvlm.train.objectives import TaskHeads
+
+    if name not in TaskHeads.TASKS:
+        raise InputError(f"unknown task '{name}'{closest(name, TaskHeads.TASKS)}; tasks: "
+                         f"{', '.join(TaskHeads.TASKS)}")
+    return TaskHeads.TASKS.index(name)
+
+
+@tasks.command("eval")
+@click.argument("run_dir")
+@click.option("--split", default="test", show_default=True, help="ShapesWorld split.")
+def tasks_eval(run_dir: str, split: str) -> None:
+    """Accuracy and expert load of every task of a run trained with `task_heads` (JSON).
+
+    \b
+    Example:
+      tinyvlm train m3vit --out runs/m3vit && tinyvlm tasks eval runs/m3vit
+    """
+    import dataclasses
+
+    from tinyvlm.eval.tasks import evaluate_task
+
+    model, heads, recipe = _task_run(run_dir)
+    stage = dataclasses.replace(recipe.stages[-1], train=f"{split}.json")
+    source = heads.data(model, recipe.data, stage)
+    results = [evaluate_task(model, heads, source, t) for t in range(len(heads.TASKS))]
+    click.echo(json.dumps(results, indent=1))
+
+
+@tasks.command("prune")
+@click.argument("run_dir")
+@click.option("--task", "task_name", required=True, help="count, shape, colour or word.")
+@click.option("--out", required=True, help="Directory of the single-task model.")
+@click.option("--min-share", default=0.01, show_default=True,
+              help="Keep an expert if it takes more than this share of the task's choices "
+                   "in a block (measured on the validation split).")
+def tasks_prune(run_dir: str, task_name: str, out: str, min_share: float) -> None:
+    """Keep one task's routing and only the experts it uses; save that single-task model.
+
+    \b
+    Example:
+      tinyvlm tasks prune runs/m3vit --task colour --out runs/m3vit-colour
+    """
+    import dataclasses
+
+    from tinyvlm.eval.tasks import evaluate_task, pathway, save_single_task
+
+    model, heads, recipe = _task_run(run_dir)
+    task = _task_id(task_name)
+    val = heads.data(model, recipe.data, dataclasses.replace(recipe.stages[-1],
+                                                             train="val.json"))
+    keep = pathway(evaluate_task(model, heads, val, task)["load"], min_share)
+    try:
+        save_single_task(model, heads, task, keep, out)
+    except ValueError as e:
+        raise InputError(str(e), run_dir) from None
+    kept = ", ".join(f"block {k}: {len(v)}" for k, v in keep.items())
+    click.echo(f"{task_name}: kept experts ({kept}); written to {out}")
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(model: str, as_json: bool) -> None:
-    """Parameters per module and the configuration of MODEL (a model directory).
+@click.option("--prompt-len", type=click.IntRange(min=1), default=None,
+              help="Prompt tokens for the FLOP figures [default: one image + 32].")
+def info(model: str, as_json: bool, prompt_len: int | None) -> None:
+    """Parameters (total and activated per token), FLOPs per token and per image, and the
+    configuration of MODEL (a model directory).
 
     \b
     Example:
       tinyvlm info runs/demo/model
     """
     from tinyvlm.config import to_dict
+    from tinyvlm.eval.efficiency import efficiency
 
     m = load_model(model)
     counts = {name: sum(p.numel() for p in getattr(m, name).parameters())
               for name in ("vision", "connector", "language")}
-    report = {"total_params": m.num_parameters(), "activated_params": m.num_parameters(),
-              "params": counts, "image_tokens": m.image_tokens, "config": to_dict(m.config)}
+    # Activated counts and FLOPs come from the config (eval/efficiency.py documents the rules).
+    acct = efficiency(m.config, prompt_len)
+    report = {"total_params": m.num_parameters(), "activated_params": acct["activated_params"],
+              "params": counts, "image_tokens": m.image_tokens, "efficiency": acct,
+              "config": to_dict(m.config)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"{model}: {report['total_params']:,} parameters "
                f"({report['activated_params']:,} activated per token)")
     for name, n in counts.items():
-        click.echo(f"  {name:<10} {n:>12,}")
+        click.echo(f"  {name:<10} {n:>12,}  ({acct['params'][name]['activated']:,} activated)")
     click.echo(f"  image tokens per image: {m.image_tokens}")
+    click.echo(f"  FLOPs per token: prefill {acct['prefill_flops_per_token']:,.0f} "
+               f"(prompt of {acct['prompt_tokens']} tokens), decode "
+               f"{acct['decode_flops_per_token']:,} (context {acct['decode_context']})")
+    click.echo(f"  FLOPs per image: vision {acct['vision_flops_per_image']:,}, connector "
+               f"{acct['connector_flops_per_image']:,}")
+    click.echo(f"  KV cache: {acct['kv_cache_bytes']:,} bytes for {acct['kv_cache_tokens']} "
+               f"tokens ({acct['kv_cache_dtype']})")
     click.echo(json.dumps(report["config"], indent=2))
 
 

@@ -96,6 +96,7 @@ class SFT(Objective):
 class PatchBatch:
     pixel_values: Tensor
     labels: dict[str, Tensor]  # name -> (images, patches)
+    counts: Tensor | None = None  # (images,) objects in each image
 
     @property
     def num_tokens(self) -> int:
@@ -115,16 +116,16 @@ class _PatchObjective(Objective):
             raise InputError(f"objective '{self.name}' needs ShapesWorld scene annotations, "
                              "missing", scenes_file)
         vcfg = model.config.vision
-        items = [(root / s["image"], shapes.patch_labels(s, vcfg.image_size, vcfg.patch_size))
-                 for s in read_jsonl(scenes_file)]
+        items = [(root / s["image"], shapes.patch_labels(s, vcfg.image_size, vcfg.patch_size),
+                  len(s["objects"])) for s in read_jsonl(scenes_file)]
         store = ImageStore(vcfg.image_size)
 
-        def collate(batch: Sequence[tuple[Path, dict[str, np.ndarray]]]) -> PatchBatch:
-            pixels = store.pixels([p for p, _ in batch])
+        def collate(batch: Sequence[tuple[Path, dict[str, np.ndarray], int]]) -> PatchBatch:
+            pixels = store.pixels([p for p, _, _ in batch])
             assert pixels is not None
-            labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab in batch]))
+            labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab, _ in batch]))
                       for k in LABEL_KEYS}
-            return PatchBatch(pixels, labels)
+            return PatchBatch(pixels, labels, torch.tensor([n for _, _, n in batch]))
 
         return DataSource(items, collate)
 
@@ -198,8 +199,80 @@ class PatchWords(_PatchObjective):
         return LossOutput(total / max(count, 1), count, metrics, ctx.records)
 
 
+class TaskHeads(_PatchObjective):
+    """Multi-task vision training (M3ViT): each image of a batch gets one task, the encoder
+    routes its task-conditioned MoE layers by that task, and the task's head reads the result.
+
+    Tasks, in task-id order: count (objects in the image, from [CLS]), then per patch the
+    shape, colour and word of what lies on it. Accuracy of patch tasks counts only the patches
+    that show something, so empty background cannot inflate it.
+    """
+
+    name = "task_heads"
+    TASKS = ("count", "shape", "colour", "word")
+    MAX_COUNT = 16
+
+    def __init__(self, model: TinyVLM):
+        super().__init__(model)
+        moe = model.config.vision.moe
+        if moe is not None and moe.task_routing != "none" and moe.num_tasks not in (
+                1, len(self.TASKS)):
+            raise InputError(f"objective task_heads has {len(self.TASKS)} tasks but "
+                             f"vision.moe.num_tasks is {moe.num_tasks}")
+        classes = {"count": self.MAX_COUNT + 1, "shape": len(shapes.SHAPES) + 2,
+                   "colour": len(shapes.COLOURS) + 1, "word": len(shapes.WORDS) + 1}
+        dim = model.config.vision.dim
+        self.heads = nn.ModuleDict({t: nn.Linear(dim, classes[t]) for t in self.TASKS})
+
+    def task_logits(self, model: TinyVLM, pixel_values: Tensor, tasks: Tensor,
+                    ctx: ForwardContext, routed: bool = True) -> dict[int, Tensor]:
+        """Task id -> logits of that task's head for the images given that task (tasks: (B,)).
+
+        routed=False runs the encoder without task ids (a pruned single-task model)."""
+        ctx.task_ids = tasks if routed else None
+        out = model.vision(pixel_values, ctx)
+
+        def head(t: int) -> Tensor:
+            name, sel = self.TASKS[t], tasks == t
+            feats = out.cls[sel] if name == "count" else out.patches[sel]
+            return self.heads[name](feats).float()
+
+        return {t: head(t) for t in tasks.unique().tolist()}
+
+    def targets(self, batch: PatchBatch, task: int, sel: slice | Tensor = slice(None)) -> Tensor:
+        name = self.TASKS[task]
+        if name == "count":
+            assert batch.counts is not None
+            return batch.counts[sel].clamp(max=self.MAX_COUNT)
+        return batch.labels[name][sel]
+
+    @staticmethod
+    def correct(logits: Tensor, target: Tensor, image_level: bool) -> tuple[int, int]:
+        """(right, counted): patch tasks count only patches that show something."""
+        hit = logits.argmax(-1) == target
+        if image_level:
+            return int(hit.sum()), hit.numel()
+        shown = target != 0
+        return int((hit & shown).sum()), int(shown.sum())
+
+    def forward(self, model: TinyVLM, batch: PatchBatch) -> LossOutput:
+        b, n_tasks = batch.pixel_values.shape[0], len(self.TASKS)
+        # Batches are fresh permutations, so each image meets every task over the epochs.
+        ids = torch.arange(b) % n_tasks
+        ctx = ForwardContext()
+        logits = self.task_logits(model, batch.pixel_values, ids, ctx)
+        total, metrics = batch.pixel_values.new_zeros((), dtype=torch.float32), {}
+        for t, lg in logits.items():
+            target = self.targets(batch, t, ids == t)
+            total = total + F.cross_entropy(lg.flatten(0, -2), target.flatten()) / len(logits)
+            right, counted = self.correct(lg, target, self.TASKS[t] == "count")
+            metrics[f"{self.TASKS[t]}_acc"] = right / max(counted, 1)
+        return LossOutput(total, b, metrics, ctx.records)
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
     "sft": SFT, "patch_labels": PatchLabels, "patch_words": PatchWords,
+    "task_heads": TaskHeads,
 }
 
 

@@ -11,6 +11,7 @@ from tinyvlm.data import shapes
 from tinyvlm.data.formats import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
+from tinyvlm.eval.telemetry import write_expert_load
 from tinyvlm.io import read_json, write_text
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.loop import completed, load_final, train_stage
@@ -71,4 +72,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         source = objective.data(model, recipe.data, stage)
         train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
     model.save_pretrained(run_dir / "model")
+    val = Path(recipe.data.path) / "val.json"
+    if val.is_file():  # MoE models: which experts took which tokens, as JSON and a heatmap
+        write_expert_load(model, load_llava(val), run_dir)
     return model
