@@ -339,3 +339,14 @@ def test_task_routing_and_single_task_pruning(mode: str, tokenizer: Tokenizer,
     assert single.config.vision.moe.layer_experts == [len(v) for v in keep.values()]
     assert single.config.vision.moe.num_tasks == 1
     torch.testing.assert_close(single.vision(pixels).patches, outs[1][0], atol=1e-5, rtol=1e-5)
+
+
+def test_task_expert_mutual_information() -> None:
+    from tinyvlm.models.moe import task_expert_mi
+
+    # Two tasks, each sending all its mass to its own expert: MI = log 2. Independent: 0.
+    probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    tasks = torch.tensor([0, 0, 1, 1])
+    assert task_expert_mi(probs, tasks, 2).item() == pytest.approx(math.log(2), abs=1e-6)
+    flat = torch.full((4, 2), 0.5)
+    assert task_expert_mi(flat, tasks, 2).item() == pytest.approx(0.0, abs=1e-6)

@@ -57,6 +57,10 @@ class MoEConfig:
     task_routing: str = "none"
     num_tasks: int = 0
     task_dim: int = 16
+    # Task-expert mutual information (Mod-Squad): its negative, weighted by this, joins the
+    # auxiliary loss, so each task concentrates on a few experts while the balance loss keeps
+    # all experts in use: the sparse per-task pathways that single-task pruning keeps.
+    task_mi_coef: float = 0.0
 
     def moe_layers(self, depth: int) -> list[int]:
         """The block indices that are MoE, for a stack of `depth` blocks."""
@@ -202,6 +206,30 @@ class DataConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Mimic distillation (objective `mimic`): the student matches a frozen teacher's
+    next-token distributions; total loss = ce_weight * CE + kd_weight * KD
+    (+ rdist_weight * RDist), MoE auxiliary losses added once by the loop."""
+
+    teacher: str = ""  # a tinyvlm model directory
+    teacher_dtype: str = "fp32"  # "fp32" or "bf16"
+    # "forward_kl" (LLaVA-MoD), "reverse_kl", "js", "tv", "skew_forward_kl", "skew_reverse_kl"
+    kind: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5  # mixing weight of "js"
+    alpha: float = 0.1  # skew of the skew kinds
+    tokens: str = "response"  # positions distilled: "response", "text" or "visual"
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    # Relation distillation (LLaVA-KD): self-similarity of visual-token hidden states.
+    rdist_weight: float = 0.0
+    rdist_kind: str = "mse"  # "mse", "l1", "kl" or "cosine"
+    # Offline distillation: a directory written by `tinyvlm distill cache-teacher`; the
+    # teacher's top-k logits are read from it instead of running the teacher.
+    cache: str | None = None
+
+
+@dataclass
 class StageConfig:
     """One stage of a recipe, run by the one training loop."""
 
@@ -229,6 +257,7 @@ class StageConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    distill: DistillConfig | None = None  # settings of the distillation objectives
 
 
 @dataclass

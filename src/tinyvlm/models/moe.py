@@ -79,6 +79,16 @@ def router_losses(records: Sequence[object]) -> tuple[Tensor | None, dict[str, f
     }
 
 
+def task_expert_mi(probs: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:
+    """Mutual information between a token's task and its router distribution,
+    sum_{t,e} p(t,e) log(p(t,e) / (p(t) p(e))), with p(t,e) the mean over tokens of
+    [task = t] * probs[e]."""
+    joint = torch.zeros(num_tasks, probs.shape[-1], dtype=probs.dtype, device=probs.device)
+    joint = joint.index_add(0, task_ids, probs) / max(probs.shape[0], 1)
+    outer = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
+    return (joint * (torch.log(joint + 1e-9) - torch.log(outer + 1e-9))).sum()
+
+
 class Router(nn.Module):
     """Token -> expert logits, in fp32.
 
@@ -231,6 +241,9 @@ class MoE(nn.Module):
 
         balance, z = self._aux_losses(logits, probs, top_i)
         aux = self.config.balance_coef * balance + self.config.z_coef * z
+        if self.config.task_mi_coef and task_ids is not None and self.training:
+            aux = aux - self.config.task_mi_coef * task_expert_mi(probs, task_ids,
+                                                                  self.router.num_tasks)
         ctx.records.append(RouterRecord(
             layer=self.name, num_experts=self.num_experts,
             choices=self._spread(top_i.detach(), routed, lead, -1),

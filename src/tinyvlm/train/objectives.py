@@ -46,7 +46,7 @@ class DataSource:
 class Objective(nn.Module):
     name: ClassVar[str]
 
-    def __init__(self, model: TinyVLM):
+    def __init__(self, model: TinyVLM, stage: StageConfig | None = None):
         super().__init__()
 
     def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> DataSource:
@@ -138,8 +138,8 @@ class PatchLabels(_PatchObjective):
 
     name = "patch_labels"
 
-    def __init__(self, model: TinyVLM):
-        super().__init__(model)
+    def __init__(self, model: TinyVLM, stage: StageConfig | None = None):
+        super().__init__(model, stage)
         grid = model.config.vision.grid
         classes = {
             "shape": len(shapes.SHAPES) + 2, "colour": len(shapes.COLOURS) + 1,
@@ -171,8 +171,8 @@ class PatchWords(_PatchObjective):
 
     name = "patch_words"
 
-    def __init__(self, model: TinyVLM):
-        super().__init__(model)
+    def __init__(self, model: TinyVLM, stage: StageConfig | None = None):
+        super().__init__(model, stage)
         assert model.tokenizer is not None
         tok = model.tokenizer
 
@@ -212,8 +212,8 @@ class TaskHeads(_PatchObjective):
     TASKS = ("count", "shape", "colour", "word")
     MAX_COUNT = 16
 
-    def __init__(self, model: TinyVLM):
-        super().__init__(model)
+    def __init__(self, model: TinyVLM, stage: StageConfig | None = None):
+        super().__init__(model, stage)
         moe = model.config.vision.moe
         if moe is not None and moe.task_routing != "none" and moe.num_tasks not in (
                 1, len(self.TASKS)):
@@ -276,8 +276,10 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def build_objective(name: str, model: TinyVLM) -> Objective:
+def build_objective(name: str, model: TinyVLM, stage: StageConfig | None = None) -> Objective:
+    import tinyvlm.train.distill  # noqa: F401  (registers the distillation objectives)
+
     if name not in OBJECTIVES:
         raise InputError(f"unknown objective '{name}'{closest(name, OBJECTIVES)}; "
                          f"known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](model)
+    return OBJECTIVES[name](model, stage)

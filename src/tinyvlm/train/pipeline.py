@@ -68,7 +68,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         if resume and completed(run_dir, stage):
             load_final(run_dir, stage, model)
             continue
-        objective = build_objective(stage.objective, model)
+        objective = build_objective(stage.objective, model, stage)
         source = objective.data(model, recipe.data, stage)
         train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
     model.save_pretrained(run_dir / "model")
