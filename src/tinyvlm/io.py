@@ -70,18 +70,26 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, value) for every non-blank line, so later checks can name the line."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path)
     rows = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON line: {e.msg}", path, lineno) from None
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"malformed JSON line: {e.msg}", path, lineno) from None
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", path) from None
     return rows
 
 

@@ -8,10 +8,13 @@ POPE probes.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from tinyvlm.eval.scorers._common import sum_left
+from tinyvlm.eval.scorers.pope import UndefinedMetricWarning as UndefinedMetricWarning
+from tinyvlm.eval.scorers.pope import binary_metrics, confusion, pope_answer, warn_undefined
 
 Sample = Mapping[str, Any]
 
@@ -19,10 +22,6 @@ Sample = Mapping[str, Any]
 CAPABILITY_ORDER = ("CNT", "OCR", "RLA", "ATTR", "EXIST")
 POPE_SPLITS = ("random", "popular", "adversarial")
 _QUOTE_PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`"}
-
-
-class UndefinedMetricWarning(UserWarning):
-    """A metric had a zero denominator and is reported as None."""
 
 
 def capability_key(cap: str) -> tuple[int, str]:
@@ -54,26 +53,6 @@ def normalize_answer(text: str) -> str:
 def is_correct(sample: Sample) -> bool:
     """Exact match of prediction and ground truth after normalize_answer on both sides."""
     return normalize_answer(str(sample["prediction"])) == normalize_answer(str(sample["answer"]))
-
-
-def pope_answer(text: str) -> str:
-    """'yes' or 'no' by the rule of the official POPE evaluation script, verbatim.
-
-    Keep the text before the first '.', delete commas, split on single spaces; the answer is
-    'no' iff one of the words is exactly 'No', 'not' or 'no', otherwise 'yes'. The rule is
-    case-sensitive and whole-word, so 'NO', 'Not sure', 'Nope', '"no"' and '' all count as
-    'yes', while 'There is no dog. Yes' counts as 'no'. We keep it because published POPE
-    numbers were computed with it; a smarter parser would make them incomparable.
-    """
-    words = text.split(".")[0].replace(",", "").split(" ")
-    return "no" if {"No", "not", "no"} & set(words) else "yes"
-
-
-def _ratio(num: int, den: int, name: str, undefined: list[str]) -> float | None:
-    if den == 0:
-        undefined.append(name)
-        return None
-    return num / den
 
 
 def _accuracy(samples: list[Sample]) -> float | None:
@@ -112,35 +91,15 @@ def score_samples(samples: Iterable[Sample]) -> dict[str, Any]:
 
 
 def _binary_metrics(probes: list[Sample], name: str, undefined: list[str]) -> dict[str, Any]:
-    tp = fp = tn = fn = 0
+    """The official POPE metrics (scorers.pope) of `probes`; labels via normalize_answer."""
+    labels = []
     for s in probes:
         label = normalize_answer(str(s["answer"]))
         if label not in ("yes", "no"):
             raise ValueError(f"POPE sample {s.get('id')!r}: label {s['answer']!r} is not yes/no")
-        said_yes = pope_answer(str(s["prediction"])) == "yes"
-        if label == "yes" and said_yes:
-            tp += 1
-        elif label == "yes":
-            fn += 1
-        elif said_yes:
-            fp += 1
-        else:
-            tn += 1
-    n = len(probes)
-    return {
-        "n": n,
-        "accuracy": _ratio(tp + tn, n, f"{name} accuracy", undefined),
-        "precision": _ratio(tp, tp + fp, f"{name} precision", undefined),
-        "recall": _ratio(tp, tp + fn, f"{name} recall", undefined),
-        # 2tp / (2tp + fp + fn) equals 2PR / (P + R) wherever both are defined, and stays
-        # defined (0.0) when nothing right was said yes to; the official script divides by zero.
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn, f"{name} f1", undefined),
-        "yes_ratio": _ratio(tp + fp, n, f"{name} yes_ratio", undefined),  # of predictions
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-    }
+        labels.append(label == "yes")
+    said_yes = [pope_answer(str(s["prediction"])) == "yes" for s in probes]
+    return binary_metrics(*confusion(labels, said_yes), name, undefined)
 
 
 def pope_metrics(samples: Iterable[Sample]) -> dict[str, Any]:
@@ -167,13 +126,10 @@ def pope_metrics(samples: Iterable[Sample]) -> dict[str, Any]:
     splits = {k: _binary_metrics(by_split[k], k, undefined)
               for k in sorted(by_split, key=_split_key)}
     pooled = _binary_metrics(probes, "all", undefined)
-    if undefined:
-        # One warning per call, naming every metric, rather than one per metric and split.
-        warnings.warn(f"POPE metrics with a zero denominator, reported as None: "
-                      f"{', '.join(undefined)}", UndefinedMetricWarning, stacklevel=2)
+    warn_undefined(undefined)
     f1s = [m["f1"] for m in splits.values()]
     return {"splits": splits, "all": pooled,
-            "mean_f1": None if None in f1s else sum(f1s) / len(f1s)}
+            "mean_f1": None if None in f1s else sum_left(f1s) / len(f1s)}
 
 
 def _most_common(counts: Counter[str]) -> str:

@@ -1,0 +1,144 @@
+"""Pieces every scorer shares: conventions, id-keyed input files, float sums, the text table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tinyvlm.errors import InputError, closest
+from tinyvlm.io import read_jsonl_numbered
+
+CONVENTIONS = ("official", "lmms-eval", "vlmevalkit")
+
+
+def check_convention(bench: str, convention: str, supported: Sequence[str]) -> str:
+    """`convention` if `bench` supports it, else an InputError naming the supported ones."""
+    if convention in supported:
+        return convention
+    hint = closest(convention, supported) if convention not in CONVENTIONS else ""
+    raise InputError(f"{bench}: convention '{convention}' is not supported{hint} "
+                     f"(choose from: {', '.join(supported)})")
+
+
+def sum_left(values: Iterable[float]) -> float:
+    """Left-to-right float sum from 0, as `sum()` adds up to Python 3.11 (no compensation)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+def sum_compensated(values: Iterable[float]) -> float:
+    """Python 3.12's `sum()` of floats: Neumaier-compensated, correction added once at the end.
+
+    Written out so that scores match a script run under Python >= 3.12 whatever Python runs us.
+    """
+    it = iter(values)
+    try:
+        total = 0.0 + next(it)
+    except StopIteration:
+        return 0.0
+    comp = 0.0
+    for x in it:
+        t = total + x
+        comp += (total - t) + x if abs(total) >= abs(x) else (x - t) + total
+        total = t
+    if comp and math.isfinite(comp):
+        total += comp
+    return total
+
+
+def ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def key_of(value: Any) -> str:
+    """Question ids compare as strings: 101669 and "101669" name the same question."""
+    return str(value)
+
+
+def rows_by_id(path: str | Path, id_key: str = "question_id",
+               required: Sequence[str] = ()) -> dict[str, tuple[int, dict[str, Any]]]:
+    """JSONL rows keyed by str(row[id_key]) with their line numbers.
+
+    A line that is not an object, lacks `id_key` or a `required` key, or repeats an id raises
+    InputError naming the file and line.
+    """
+    out: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, row in read_jsonl_numbered(path):
+        if not isinstance(row, dict):
+            raise InputError("expected a JSON object on each line", path, line)
+        for key in (id_key, *required):
+            if key not in row:
+                raise InputError(f"missing key '{key}'", path, line)
+        qid = key_of(row[id_key])
+        if qid in out:
+            raise InputError(f"{id_key} {row[id_key]!r} repeats line {out[qid][0]}", path, line)
+        out[qid] = (line, row)
+    return out
+
+
+def text_field(row: Mapping[str, Any], keys: Sequence[str], path: str | Path,
+               line: int | None) -> str:
+    """The first of `keys` present in `row`, as a string; InputError if none is there."""
+    for key in keys:
+        if key in row:
+            value = row[key]
+            if not isinstance(value, str):
+                raise InputError(f"'{key}' must be a string, got {type(value).__name__}",
+                                 path, line)
+            return value
+    raise InputError(f"missing key '{keys[0]}'" +
+                     (f" (or {', '.join(repr(k) for k in keys[1:])})" if len(keys) > 1 else ""),
+                     path, line)
+
+
+def require_same_ids(expected: Iterable[str], got: Iterable[str], expected_path: str | Path,
+                     got_path: str | Path) -> None:
+    """InputError when the two id sets differ, naming a few ids missing on each side."""
+    exp, have = set(expected), set(got)
+    if exp == have:
+        return
+    parts = []
+    for ids, where in ((exp - have, f"missing from {got_path}"),
+                       (have - exp, f"not in {expected_path}")):
+        if ids:
+            shown = ", ".join(sorted(ids, key=_id_order)[:5])
+            more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+            parts.append(f"{len(ids)} question ids {where} ({shown}{more})")
+    raise InputError("unmatched question ids: " + "; ".join(parts))
+
+
+def _id_order(qid: str) -> tuple[int, int | str]:
+    return (0, int(qid)) if qid.lstrip("-").isdigit() else (1, qid)
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """A two-column text table of a scorer's result: nested keys joined with '.'."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        else:
+            rows.append((prefix, _cell(value)))
+
+    walk("", result)
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value) if value else "-"
+    return str(value)
