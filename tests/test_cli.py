@@ -10,7 +10,8 @@ from PIL import Image
 from tinyvlm.cli import cli, main
 from tinyvlm.models.vlm import TinyVLM
 
-COMMANDS = [["data", "shapes"], ["train"], ["eval"], ["generate"], ["info"], ["demo"]]
+COMMANDS = [["data", "shapes"], ["train"], ["eval"], ["report"], ["generate"], ["info"],
+            ["demo"]]
 
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture

@@ -13,6 +13,8 @@ import click
 from tinyvlm.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tinyvlm.models.vlm import TinyVLM
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -116,28 +118,66 @@ def train(recipe: str, out: str | None, resume: bool, quiet: bool) -> None:
 @click.option("--train", "train_file", default=None,
               help="Training file for the majority-answer baseline "
                    "[default: train.json beside the first data file, if any].")
+@click.option("--image-root", default=None,
+              help="Directory the benchmark's image paths are relative to "
+                   "[default: the benchmark file's directory].")
+@click.option("--templates", default=None,
+              help="Directory of <benchmark>.yaml prompt templates overriding the built-in ones.")
 @click.option("--batch-size", default=128, show_default=True)
-@click.option("--max-new-tokens", default=8, show_default=True)
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Tokens to generate [default: each benchmark template's].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None,
-             train_file: str | None, batch_size: int, max_new_tokens: int, quiet: bool) -> None:
-    """Evaluate MODEL on DATA_FILES (LLaVA JSON): predictions, results.json, report, chart.
+             train_file: str | None, image_root: str | None, templates: str | None,
+             batch_size: int, max_new_tokens: int | None, quiet: bool) -> None:
+    """Evaluate MODEL on benchmark files: predictions, results.json, report, chart.
+
+    DATA_FILES are LLaVA JSON/JSONL (ShapesWorld), POPE question JSONL, MME subtask .txt
+    files (or their directory), MMBench TSV, SEED-Bench JSON, ScienceQA problems.json,
+    VQAv2/TextVQA questions or MOAT JSON; the format is detected, or forced with a prefix
+    (pope:FILE). Finished items are cached in --out: rerunning resumes where it stopped.
 
     \b
     Example:
       tinyvlm eval runs/demo/model data/shapes/test.json data/shapes/pope.json --out runs/eval
+      tinyvlm eval runs/demo/model data/shapes/pope_random.jsonl mmbench_dev.tsv --out runs/e2
     """
     from tinyvlm.eval.run import evaluate_models
 
     train_path = Path(train_file) if train_file else Path(data_files[0]).parent / "train.json"
     results = evaluate_models({name or Path(model).name: load_model(model)},
-                              [Path(f) for f in data_files], Path(out),
+                              list(data_files), Path(out),
                               train_path if train_path.is_file() else None,
-                              batch_size, max_new_tokens, progress=not quiet)
-    from tinyvlm.eval.report import format_table
+                              batch_size, max_new_tokens, progress=not quiet,
+                              image_root=None if image_root is None else Path(image_root),
+                              templates=None if templates is None else Path(templates))
+    from tinyvlm.eval.report import format_benchmarks, format_table
 
     click.echo(format_table(results))
+    if benchmarks := format_benchmarks(results):
+        click.echo(f"\n{benchmarks}")
     click.echo(f"\nreport: {Path(out) / 'report.md'}")
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", default="runs/report", show_default=True, help="Output directory.")
+@click.option("--chart", type=click.Choice(["bars", "radar"]), default="bars",
+              show_default=True, help="Per-capability chart style.")
+def report_cmd(run_dirs: tuple[str, ...], out: str, chart: str) -> None:
+    """Compare the models of several eval runs: comparison.md, .html and .png.
+
+    RUN_DIRS are directories holding results.json (from `tinyvlm eval` or `tinyvlm demo`).
+
+    \b
+    Example:
+      tinyvlm report runs/eval-teacher runs/eval-student --out runs/report
+    """
+    from tinyvlm.eval.compare import load_runs, write_comparison
+
+    paths = write_comparison(load_runs(run_dirs), out, chart)
+    click.echo(paths["markdown"].read_text())
+    click.echo(f"written: {', '.join(str(p) for p in paths.values())}")
 
 
 # ----------------------------------------------------------------------------- generate
@@ -376,7 +416,7 @@ def demo(out: str, recipe: str, resume: bool, quiet: bool) -> None:
     from tinyvlm.eval.report import format_table
     from tinyvlm.eval.run import evaluate_models
     from tinyvlm.train.curves import plot_training
-    from tinyvlm.train.pipeline import run_recipe
+    from tinyvlm.train.pipeline import report_models, run_recipe
 
     tick = time.perf_counter()
     r = load_recipe(resolve_recipe(recipe))
@@ -385,7 +425,8 @@ def demo(out: str, recipe: str, resume: bool, quiet: bool) -> None:
         r.data.path = str(run_dir / "data")  # the demo keeps everything under --out
     model = run_recipe(r, run_dir, resume=resume, progress=not quiet)
     data_dir = Path(r.data.path)
-    results = evaluate_models({r.name: model}, [data_dir / f for f in r.data.eval], run_dir,
+    results = evaluate_models(report_models(r, run_dir, model),
+                              [data_dir / f for f in r.data.eval], run_dir,
                               data_dir / r.data.train, r.eval.batch_size, r.eval.max_new_tokens,
                               progress=not quiet)
     plot_training(run_dir / "metrics.jsonl", run_dir / "training.png")
@@ -393,6 +434,189 @@ def demo(out: str, recipe: str, resume: bool, quiet: bool) -> None:
     click.echo(format_table(results))
     click.echo(f"\n{minutes:.1f} min end to end. In {run_dir}: report.md, results.json, "
                "capabilities.png, training.png, predictions/, model/")
+
+
+# ----------------------------------------------------------------------------- score
+
+def _score_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--convention and --table, shared by every `tinyvlm score` command."""
+    f = click.option("--table", is_flag=True,
+                     help="Print a human-readable table instead of JSON.")(f)
+    return click.option(
+        "--convention", default="official", show_default=True,
+        help="Whose scoring rules: official, lmms-eval or vlmevalkit (where the benchmark "
+             "has them).")(f)
+
+
+def _print_scores(compute: Callable[[], dict], table: bool) -> None:
+    """Run a scorer; its warnings become one 'warning: ...' line each on stderr."""
+    import warnings
+
+    from tinyvlm.eval.scorers import format_table as scores_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compute()
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    click.echo(scores_table(result) if table else json.dumps(result, indent=2))
+
+
+@cli.group("score")
+def score_group() -> None:
+    """Score benchmark predictions by the official scripts' rules, or another harness's.
+
+    Each command prints one JSON object (or a table with --table). docs/evaluation.md lists
+    every benchmark's rule and how the harnesses differ.
+
+    \b
+    Example:
+      tinyvlm score pope --annotations coco_pope_random.json --predictions answers.jsonl
+    """
+
+
+@score_group.command("pope")
+@click.option("--annotations", multiple=True, required=True,
+              help="POPE question file (JSONL: question_id, image, text, label); repeat for "
+                   "several splits.")
+@click.option("--predictions", multiple=True, required=True,
+              help="Answer file (JSONL: question_id and text or answer), one per --annotations, "
+                   "in the same order.")
+@_score_options
+def score_pope(annotations: tuple[str, ...], predictions: tuple[str, ...], convention: str,
+               table: bool) -> None:
+    """POPE accuracy, precision, recall, F1 and yes-ratio; with several splits, also their
+    mean F1 (the number LLaVA-style papers print).
+
+    \b
+    Example:
+      tinyvlm score pope --annotations coco_pope_random.json --predictions random.jsonl
+      tinyvlm score pope --annotations coco_pope_random.json --predictions random.jsonl \\
+          --annotations coco_pope_popular.json --predictions popular.jsonl \\
+          --annotations coco_pope_adversarial.json --predictions adversarial.jsonl
+    """
+    from tinyvlm.eval.scorers import pope
+
+    _print_scores(lambda: pope.score_files(annotations, predictions, convention), table)
+
+
+@score_group.command("mme")
+@click.option("--predictions", required=True,
+              help="Directory with one <subtask>.txt per subtask "
+                   "(image<TAB>question<TAB>answer<TAB>prediction).")
+@_score_options
+def score_mme(predictions: str, convention: str, table: bool) -> None:
+    """MME perception and cognition scores and every subtask's score.
+
+    \b
+    Example:
+      tinyvlm score mme --predictions runs/eval/mme_answers
+    """
+    from tinyvlm.eval.scorers import mme
+
+    _print_scores(lambda: mme.score_files(predictions, convention), table)
+
+
+@score_group.command("mmbench")
+@click.option("--predictions", required=True,
+              help="MMBench TSV with a prediction column (index, question, A..D, answer, "
+                   "category, l2-category, prediction).")
+@_score_options
+def score_mmbench(predictions: str, convention: str, table: bool) -> None:
+    """MMBench circular accuracy overall, per category and per l2-category (rule-based
+    answer extraction; no judge model).
+
+    \b
+    Example:
+      tinyvlm score mmbench --predictions mmbench_dev_en_answers.tsv
+    """
+    from tinyvlm.eval.scorers import mmbench
+
+    _print_scores(lambda: mmbench.score_files(predictions, convention), table)
+
+
+@score_group.command("seed")
+@click.option("--annotations", required=True, help="SEED-Bench.json.")
+@click.option("--predictions", required=True,
+              help="Answer file (JSONL: question_id, text).")
+@_score_options
+def score_seed(annotations: str, predictions: str, convention: str, table: bool) -> None:
+    """SEED-Bench accuracy per dimension, per data type and overall.
+
+    \b
+    Example:
+      tinyvlm score seed --annotations SEED-Bench.json --predictions seed_answers.jsonl
+    """
+    from tinyvlm.eval.scorers import seed
+
+    _print_scores(lambda: seed.score_files(annotations, predictions, convention), table)
+
+
+@score_group.command("scienceqa")
+@click.option("--problems", required=True, help="ScienceQA problems.json.")
+@click.option("--predictions", required=True,
+              help="Answer file (JSONL: question_id, text, prompt).")
+@click.option("--split", default="test", show_default=True, help="Split to score.")
+@click.option("--pid-splits", default=None,
+              help="pid_splits.json [default: the problems' own 'split' field].")
+@_score_options
+def score_scienceqa(problems: str, predictions: str, split: str, pid_splits: str | None,
+                    convention: str, table: bool) -> None:
+    """ScienceQA accuracy and accuracy on questions with an image.
+
+    \b
+    Example:
+      tinyvlm score scienceqa --problems problems.json --predictions sqa_answers.jsonl
+    """
+    from tinyvlm.eval.scorers import scienceqa
+
+    _print_scores(lambda: scienceqa.score_files(problems, predictions, split, pid_splits,
+                                                convention), table)
+
+
+@score_group.command("vqa")
+@click.option("--annotations", required=True,
+              help="VQAv2 annotations JSON, or a TextVQA JSON ({'data': [...]}).")
+@click.option("--results", required=True,
+              help="Results: JSON list [{question_id, answer}] or JSONL with text or answer.")
+@click.option("--questions", default=None,
+              help="VQAv2 questions JSON, to check the annotated ids against.")
+@click.option("--variant", type=click.Choice(["vqav2", "textvqa"]), default="vqav2",
+              show_default=True, help="VQAv2 script or the TextVQA (M4C) evaluator.")
+@_score_options
+def score_vqa(annotations: str, results: str, questions: str | None, variant: str,
+              convention: str, table: bool) -> None:
+    """VQA accuracy: min(1, matches/3) over leave-one-out subsets of the human answers.
+
+    \b
+    Example:
+      tinyvlm score vqa --questions v2_OpenEnded_mscoco_val2014_questions.json \\
+          --annotations v2_mscoco_val2014_annotations.json --results results.json
+      tinyvlm score vqa --variant textvqa --annotations TextVQA_0.5.1_val.json \\
+          --results textvqa_answers.jsonl
+    """
+    from tinyvlm.eval.scorers import vqa
+
+    _print_scores(lambda: vqa.score_files(annotations, results, questions, variant,
+                                          convention), table)
+
+
+@score_group.command("moat")
+@click.option("--predictions", multiple=True, required=True,
+              help="JSONL of capability-tagged predictions (ours or MOAT's columns); repeat "
+                   "once per run.")
+@_score_options
+def score_moat(predictions: tuple[str, ...], convention: str, table: bool) -> None:
+    """MOAT-style accuracy overall, per capability and per capability combination,
+    averaged over runs (exact match unless the records carry a verdict).
+
+    \b
+    Example:
+      tinyvlm score moat --predictions run1.jsonl --predictions run2.jsonl
+    """
+    from tinyvlm.eval.scorers import moat
+
+    _print_scores(lambda: moat.score_files(predictions, convention), table)
 
 
 def main() -> None:

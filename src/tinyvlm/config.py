@@ -258,12 +258,24 @@ class StageConfig:
     log_every: int = 10
     seed: int = 0
     distill: DistillConfig | None = None  # settings of the distillation objectives
+    # Which model of the recipe this stage works on: "model" (the recipe's `model`) or a
+    # name under `models` (a teacher, a student, an ablation).
+    model: str = "model"
+    # "train" runs the one loop; "upcycle" turns the model's dense FFNs into `moe` experts.
+    action: str = "train"
+    moe: MoEConfig | None = None
+    # Copy modules from a finished stage's model before training, e.g. {vision:
+    # "stage:teacher-sft"}: a student that starts from the teacher's encoder.
+    init: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 128
     max_new_tokens: int = 8
+    # Report rows: row name -> "stage:NAME" (the model as that stage left it). Empty: one
+    # row, the recipe's final model.
+    models: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,6 +285,8 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # More models trained in the same run (a teacher and its students), by name.
+    models: dict[str, ModelConfig] = field(default_factory=dict)
     stages: list[StageConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: int | None = None  # torch intra-op threads; None: torch's default
@@ -373,7 +387,43 @@ def load_recipe(path: str | Path) -> Recipe:
         from tinyvlm.data.shapes import ShapesWorldConfig  # checks the generator's keys
 
         ShapesWorldConfig.from_dict(recipe.data.shapes, source=path, key="recipe.data.shapes")
+    check_recipe(recipe, path)
     return recipe
+
+
+STAGE_ACTIONS = ("train", "upcycle")
+
+
+def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
+    """Cross-references a dict check cannot see: stage models, actions, stage references."""
+    seen: list[str] = []
+    for i, stage in enumerate(recipe.stages):
+        key = f"recipe.stages[{i}]"
+        if stage.name in seen:
+            raise InputError(f"{key}: stage name '{stage.name}' is used twice", source)
+        if stage.model != "model" and stage.model not in recipe.models:
+            raise InputError(f"{key}.model: '{stage.model}' is neither 'model' nor a key of "
+                             f"models{closest(stage.model, list(recipe.models))}", source)
+        if stage.action not in STAGE_ACTIONS:
+            raise InputError(f"{key}.action must be one of {', '.join(STAGE_ACTIONS)}, got "
+                             f"'{stage.action}'", source)
+        if stage.action == "upcycle" and stage.moe is None:
+            raise InputError(f"{key}: action 'upcycle' needs a 'moe' section", source)
+        refs = {f"init.{k}": v for k, v in stage.init.items()}
+        if stage.distill is not None and stage.distill.teacher.startswith("stage:"):
+            refs["distill.teacher"] = stage.distill.teacher
+        for where, ref in refs.items():
+            _check_stage_ref(ref, seen, f"{key}.{where}", source)
+        seen.append(stage.name)
+    for row, ref in recipe.eval.models.items():
+        _check_stage_ref(ref, seen, f"recipe.eval.models.{row}", source)
+
+
+def _check_stage_ref(ref: str, earlier: list[str], key: str, source: str | Path | None) -> None:
+    name = ref.removeprefix("stage:")
+    if not ref.startswith("stage:") or name not in earlier:
+        raise InputError(f"{key}: '{ref}' must be 'stage:NAME' naming an earlier stage"
+                         f"{closest(name, earlier)}", source)
 
 
 def dump_yaml(obj: Any) -> str:

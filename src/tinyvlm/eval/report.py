@@ -111,6 +111,52 @@ def combination_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[
     return header, rows
 
 
+def _score(value: Any, unit: str | None) -> str:
+    """A scorer's number as it prints: fractions as percentages, points and percents as is."""
+    if not isinstance(value, int | float):
+        return "-"
+    if unit == "fraction":
+        return f"{100 * value:.1f}%"
+    if unit == "percent":
+        return f"{value:.1f}%"
+    return f"{value:.1f}"
+
+
+def headlines(row: Mapping[str, Any]) -> dict[str, str]:
+    """Column title -> cell for each benchmark the row's run scored (not LLaVA files: the
+    main accuracy columns cover them)."""
+    out: dict[str, str] = {}
+    for name, bench in (row.get("benchmarks") or {}).items():
+        result = bench.get("result") if isinstance(bench, Mapping) else None
+        if not isinstance(result, Mapping) or bench.get("format") == "llava":
+            continue
+        unit = result.get("unit")
+        if "perception" in result:  # MME: the two totals papers print
+            out[f"{name} perception"] = _score(result.get("perception"), unit)
+            out[f"{name} cognition"] = _score(result.get("cognition"), unit)
+        elif "mean_f1" in result:  # POPE over several splits
+            out[f"{name} mean F1"] = _score(result.get("mean_f1"), unit)
+        elif "f1" in result:  # one POPE split
+            out[f"{name} F1"] = _score(result.get("f1"), unit)
+        elif "overall" in result:
+            out[name] = _score(result.get("overall"), unit)
+        elif "accuracy" in result:
+            out[name] = _score(result.get("accuracy"), unit or "fraction")
+    return out
+
+
+def benchmark_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per model, one column per benchmark headline (empty without benchmarks)."""
+    models = results.get("models", [])
+    cols: list[str] = []
+    for m in models:
+        cols += [c for c in headlines(m) if c not in cols]
+    if not cols:
+        return ["model"], []
+    return ["model", *cols], [[str(m["name"]), *(headlines(m).get(c, "-") for c in cols)]
+                              for m in models]
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     def line(cells: Iterable[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -134,11 +180,20 @@ def format_table(results: Mapping[str, Any]) -> str:
     return _fixed_width(*summary_table(results))
 
 
+def format_benchmarks(results: Mapping[str, Any]) -> str:
+    """The benchmark headline table as fixed-width text ('' when no benchmark was scored)."""
+    header, rows = benchmark_table(results)
+    return _fixed_width(header, rows) if rows else ""
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     parts = ["# Evaluation report", "", _markdown(*summary_table(results)), ""]
     header, rows = combination_table(results)
     if rows:
         parts += ["## Accuracy per capability combination", "", _markdown(header, rows), ""]
+    header, rows = benchmark_table(results)
+    if rows:
+        parts += ["## Benchmarks", "", _markdown(header, rows), ""]
     parts.append("Accuracies are exact match after normalisation; POPE answers are parsed with "
                  "the official POPE rule and the yes-ratio is the share of predictions that "
                  "say yes.")

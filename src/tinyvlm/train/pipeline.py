@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from tinyvlm.config import DataConfig, Recipe, dump_yaml
+from tinyvlm.config import DataConfig, Recipe, StageConfig, dump_yaml, to_dict
 from tinyvlm.data import shapes
 from tinyvlm.data.formats import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.eval.telemetry import write_expert_load
 from tinyvlm.io import read_json, write_text
+from tinyvlm.models.surgery import upcycle
 from tinyvlm.models.vlm import TinyVLM
-from tinyvlm.train.loop import completed, load_final, train_stage
+from tinyvlm.train.loop import Checkpoints, completed, load_final, train_stage
 from tinyvlm.train.objectives import build_objective
 
 
@@ -37,25 +40,57 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
     return root
 
 
-def build_model(recipe: Recipe, run_dir: Path) -> TinyVLM:
-    """A fresh model with a tokenizer trained on the training text (reused on resume)."""
+def train_tokenizer(recipe: Recipe, run_dir: Path) -> Tokenizer:
+    """The run's tokenizer, trained on the training text once and shared by its models."""
     tok_file = run_dir / "tokenizer.json"
     if tok_file.is_file():
-        tokenizer = Tokenizer.load(tok_file, recipe.model.chat)
-    else:
-        texts = conversation_texts(load_llava(Path(recipe.data.path) / recipe.data.train))
-        tokenizer = Tokenizer.train(texts, recipe.tokenizer, recipe.model.chat)
-        tokenizer.save(tok_file)
+        return Tokenizer.load(tok_file, recipe.model.chat)
+    texts = conversation_texts(load_llava(Path(recipe.data.path) / recipe.data.train))
+    tokenizer = Tokenizer.train(texts, recipe.tokenizer, recipe.model.chat)
+    tokenizer.save(tok_file)
+    return tokenizer
+
+
+def build_model(recipe: Recipe, run_dir: Path, name: str = "model") -> TinyVLM:
+    """A fresh model (the recipe's `model`, or models[name]) with the run's tokenizer."""
+    tokenizer = train_tokenizer(recipe, run_dir)
+    config = copy.deepcopy(recipe.model if name == "model" else recipe.models[name])
     torch.manual_seed(recipe.seed)
-    return TinyVLM.from_tokenizer(recipe.model, tokenizer)
+    return TinyVLM.from_tokenizer(config, tokenizer)
+
+
+def stage_model_dir(run_dir: str | Path, stage: StageConfig) -> Path:
+    """Where a finished stage left its model."""
+    return Checkpoints(Path(run_dir) / "checkpoints" / stage.name, stage.keep_checkpoints
+                       ).path(stage.steps) / "model"
+
+
+def resolve_stage_ref(ref: str, recipe: Recipe, run_dir: Path) -> Path:
+    """'stage:NAME' -> the model directory that stage finished with."""
+    name = ref.removeprefix("stage:")
+    stage = next((s for s in recipe.stages if s.name == name), None)
+    if stage is None or not ref.startswith("stage:"):
+        raise InputError(f"'{ref}' does not name a stage of recipe '{recipe.name}'")
+    path = stage_model_dir(run_dir, _steps_of(stage))
+    if not (path / "config.json").is_file():
+        raise InputError(f"stage '{name}' has not finished: no model in {path}")
+    return path
+
+
+def _steps_of(stage: StageConfig) -> StageConfig:
+    # Actions leave their model as a step-0 checkpoint, so they resume like training stages.
+    return stage if stage.action == "train" else dataclasses.replace(stage, steps=0)
 
 
 def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                progress: bool = True) -> TinyVLM:
     """Train every stage of `recipe` into `run_dir`; the final model goes to run_dir/model.
 
-    With resume, finished stages are skipped (their final weights reloaded) and an
-    interrupted stage continues from its latest checkpoint.
+    Stages act on the recipe's `model` or on one of its named `models` (teacher, students);
+    a stage may start a model from modules of an earlier stage's model, distil from an
+    earlier stage's model, or upcycle its model into experts. With resume, finished stages
+    are skipped (their final weights reloaded) and an interrupted stage continues from its
+    latest checkpoint. Returns the recipe's `model` as its last stage left it.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,16 +98,45 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         torch.set_num_threads(recipe.threads)
     write_text(run_dir / "recipe.yaml", dump_yaml(recipe))
     prepare_data(recipe.data, progress)
-    model = build_model(recipe, run_dir)
-    for stage in recipe.stages:
-        if resume and completed(run_dir, stage):
+    models: dict[str, TinyVLM] = {}
+    for raw in recipe.stages:
+        stage = _steps_of(raw)
+        model = models.get(stage.model) or models.setdefault(
+            stage.model, build_model(recipe, run_dir, stage.model))
+        if stage.action == "upcycle":
+            assert stage.moe is not None
+            upcycle(model, stage.moe)
+        done = resume and completed(run_dir, stage)
+        if done:
             load_final(run_dir, stage, model)
             continue
+        for module, ref in stage.init.items():
+            source = TinyVLM.from_pretrained(resolve_stage_ref(ref, recipe, run_dir))
+            getattr(model, module).load_state_dict(getattr(source, module).state_dict())
+        if stage.action == "upcycle":
+            Checkpoints(run_dir / "checkpoints" / stage.name, stage.keep_checkpoints).save(
+                0, model, {"step": 0, "stage": to_dict(stage)})
+            continue
+        if stage.distill is not None and stage.distill.teacher.startswith("stage:"):
+            teacher = resolve_stage_ref(stage.distill.teacher, recipe, run_dir)
+            stage = dataclasses.replace(stage, distill=dataclasses.replace(
+                stage.distill, teacher=str(teacher)))
         objective = build_objective(stage.objective, model, stage)
         source = objective.data(model, recipe.data, stage)
         train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
+    model = models.get("model") or build_model(recipe, run_dir)
     model.save_pretrained(run_dir / "model")
     val = Path(recipe.data.path) / "val.json"
     if val.is_file():  # MoE models: which experts took which tokens, as JSON and a heatmap
         write_expert_load(model, load_llava(val), run_dir)
     return model
+
+
+def report_models(recipe: Recipe, run_dir: str | Path, final: TinyVLM
+                  ) -> dict[str, TinyVLM]:
+    """The models a run reports: eval.models (row name -> stage reference), or the final
+    model under the recipe's name."""
+    if not recipe.eval.models:
+        return {recipe.name: final}
+    return {row: TinyVLM.from_pretrained(resolve_stage_ref(ref, recipe, Path(run_dir))).eval()
+            for row, ref in recipe.eval.models.items()}

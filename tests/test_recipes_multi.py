@@ -1,0 +1,100 @@
+"""Recipes with several models: a teacher and students in one stage list, stage references,
+upcycling as a stage, report rows per stage, resume across all of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyvlm.config import (
+    DistillConfig,
+    EvalConfig,
+    MoEConfig,
+    Recipe,
+    StageConfig,
+    check_recipe,
+    from_dict,
+)
+from tinyvlm.errors import InputError
+from tinyvlm.models.moe import MoE
+from tinyvlm.train.pipeline import report_models, resolve_stage_ref, run_recipe
+
+from .conftest import tiny_model_config, tiny_recipe
+
+
+def stage(name: str, model: str = "model", **kw: object) -> StageConfig:
+    base = {"name": name, "model": model, "steps": 2, "batch_size": 4, "warmup_steps": 1,
+            "log_every": 1}
+    return from_dict(StageConfig, {**base, **kw})
+
+
+def teacher_student(data_dir: Path) -> Recipe:
+    recipe = tiny_recipe(data_dir)
+    recipe.models = {"teacher": tiny_model_config(dim=48, heads=4)}
+    recipe.stages = [
+        stage("teacher-sft", "teacher"),
+        stage("align", init={"vision": "stage:teacher-sft"}, trainable=["connector"]),
+        stage("mimic-dense", objective="mimic",
+              distill={"teacher": "stage:teacher-sft", "kd_weight": 1.0}),
+        stage("upcycle", action="upcycle", moe={"experts": 4, "top_k": 2, "layers": [1]}),
+        stage("mimic-sparse", objective="mimic", distill={"teacher": "stage:teacher-sft"}),
+    ]
+    recipe.eval = EvalConfig(models={"teacher": "stage:teacher-sft",
+                                     "student-mimic-dense": "stage:mimic-dense",
+                                     "student-mimic-sparse": "stage:mimic-sparse"})
+    check_recipe(recipe)
+    return recipe
+
+
+def test_teacher_and_student_in_one_run(shapes_dir: Path, tmp_path: Path) -> None:
+    recipe = teacher_student(shapes_dir)
+    run = tmp_path / "run"
+    final = run_recipe(recipe, run, progress=False)
+    # The student started from the teacher's encoder, and only its connector trained there.
+    teacher = report_models(recipe, run, final)["teacher"]
+    align = resolve_stage_ref("stage:align", recipe, run)
+    from tinyvlm.models.vlm import TinyVLM
+
+    aligned = TinyVLM.from_pretrained(align)
+    for a, b in zip(aligned.vision.parameters(), teacher.vision.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Upcycling is a stage: the final student is sparse at the chosen block.
+    assert isinstance(final.language.blocks[1].ffn, MoE)
+    assert final.config.language.moe is not None
+    rows = report_models(recipe, run, final)
+    assert list(rows) == ["teacher", "student-mimic-dense", "student-mimic-sparse"]
+    assert rows["teacher"].config.language.dim == 48
+    assert rows["student-mimic-dense"].config.language.moe is None
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    sparse = [r for r in lines if r["stage"] == "mimic-sparse"]
+    assert sparse and all("kd" in r and "router_loss" in r for r in sparse)
+    # Resume: everything is finished, so nothing trains again and the result is the same.
+    again = run_recipe(recipe, run, resume=True, progress=False)
+    for (name, p), q in zip(final.state_dict().items(), again.state_dict().values(),
+                            strict=True):
+        assert torch.equal(p, q), name
+    assert (run / "metrics.jsonl").read_text().splitlines() == [
+        json.dumps(r) for r in lines]
+
+
+def test_bad_references_are_one_clear_error(shapes_dir: Path) -> None:
+    recipe = teacher_student(shapes_dir)
+    recipe.stages[2].distill = DistillConfig(teacher="stage:teacher-sfx")
+    with pytest.raises(InputError, match="did you mean 'teacher-sft'"):
+        check_recipe(recipe)
+    recipe = teacher_student(shapes_dir)
+    recipe.stages[0].model = "teachr"
+    with pytest.raises(InputError, match="did you mean 'teacher'"):
+        check_recipe(recipe)
+    recipe = teacher_student(shapes_dir)
+    recipe.stages[3].moe = None
+    with pytest.raises(InputError, match="needs a 'moe' section"):
+        check_recipe(recipe)
+    recipe = teacher_student(shapes_dir)
+    recipe.eval.models["x"] = "stage:later"
+    with pytest.raises(InputError, match="earlier stage"):
+        check_recipe(recipe)
+    recipe.stages[3].moe = MoEConfig()
