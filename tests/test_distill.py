@@ -162,3 +162,21 @@ def test_mimic_resumes_mid_stage(shapes_tokenizer: Tokenizer, shapes_dir: Path,
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(),
                             strict=True):
         assert torch.equal(p, q), name
+
+
+def test_cache_teacher_command(shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
+    from .test_cli import run_cli
+
+    teacher = model_dir(shapes_tokenizer, tmp_path / "t", seed=1)
+    student = model_dir(shapes_tokenizer, tmp_path / "s", seed=2)
+    args = ["distill", "cache-teacher", str(teacher), str(student),
+            str(shapes_dir / "train.json"), "--out", str(tmp_path / "c"), "--top-k", "5",
+            "--quiet"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "top-5 logits written" in out and (tmp_path / "c" / "cache.json").is_file()
+    code, _, err = run_cli([*args[:4], str(tmp_path / "missing.json"), *args[5:]],
+                           monkeypatch, capsys)
+    assert code == 2 and "data file not found" in err
