@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/generate_throughput.py
+	$(BIN)/python benchmarks/moe.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

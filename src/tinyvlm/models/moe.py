@@ -184,26 +184,29 @@ class MoE(nn.Module):
         n, k = top_i.shape
         expert_of = top_i.reshape(-1)
         token_of = torch.arange(n, device=x.device).repeat_interleave(k)
-        live = None
-        if kept is not None:
+        gate_of = gates.reshape(-1)
+        if kept is not None:  # dropped choices are left out: they add nothing
             live = kept.reshape(-1).nonzero().squeeze(1)
-            expert_of, token_of = expert_of[live], token_of[live]
+            expert_of, token_of, gate_of = expert_of[live], token_of[live], gate_of[live]
         order = expert_of.argsort(stable=True)
         counts = torch.bincount(expert_of, minlength=self.num_experts).tolist()
-        sorted_x = x.index_select(0, token_of[order])
+        token_of, gate_of = token_of[order], gate_of[order]
+        sorted_x = x.index_select(0, token_of)
+        # One unbind per weight, not weight[e] per expert: indexing a parameter once per expert
+        # makes backward allocate and zero-fill a full-size gradient for every expert.
+        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         outputs = []
         for e, chunk in enumerate(sorted_x.split(counts)):
             if chunk.shape[0] == 0:
                 continue
-            gate, up = F.linear(chunk, self.gate_up_proj[e]).chunk(2, dim=-1)
-            outputs.append(F.linear(F.silu(gate) * up, self.down_proj[e]))
-        sorted_y = torch.cat(outputs) if outputs else x.new_zeros(0, x.shape[-1])
-        # Undo the sort, then weight each choice by its gate and sum a token's choices.
-        per_choice = sorted_y.new_zeros(n * k, x.shape[-1])
-        rows = order if live is None else live[order]
-        per_choice = per_choice.index_copy(0, rows, sorted_y)
-        weights = gates.to(per_choice.dtype).unsqueeze(-1)
-        return (per_choice.view(n, k, -1) * weights).sum(1)
+            gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
+            outputs.append(F.linear(F.silu(gate) * up, down[e]))
+        if not outputs:
+            return x.new_zeros(n, x.shape[-1])
+        sorted_y = torch.cat(outputs)
+        # Weight each choice by its gate while still sorted, then sum a token's choices.
+        sorted_y = sorted_y * gate_of.to(sorted_y.dtype).unsqueeze(-1)
+        return sorted_y.new_zeros(n, x.shape[-1]).index_add(0, token_of, sorted_y)
 
     # ---------------------------------------------------------------- forward
 
