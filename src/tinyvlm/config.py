@@ -230,6 +230,42 @@ class DistillConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Preference distillation (objective `preference`): a DPO-family loss on chosen/rejected
+    pairs against a frozen reference model (LLaVA-MoD stage 2)."""
+
+    pairs: str | None = None  # a pairs JSONL, relative to data.path; None: the stage's `train`
+    loss: str = "sigmoid"  # "sigmoid" (DPO), "robust", "ipo", "hinge" or "kto_pair"
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # sigmoid and robust only
+    # "teacher": the frozen teacher model (LLaVA-MoD); "initial": a frozen copy of the student
+    # as the stage starts (plain DPO).
+    reference: str = "teacher"
+    teacher: str = ""  # a tinyvlm model directory (or "stage:NAME" in a recipe)
+    teacher_dtype: str = "fp32"  # "fp32" or "bf16", for either reference
+    sft_weight: float = 0.0  # > 0: add this times the cross-entropy on the chosen answers
+
+
+@dataclass
+class PairsConfig:
+    """Preference-pair building (action `preference_build`): the stage's model samples
+    answers to the prompts of the stage's data; pairs go to the stage's directory and a later
+    stage reads them with `preference.pairs: "stage:NAME"`."""
+
+    samples: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8
+    max_prompts: int = 0  # 0: every conversation; otherwise a seeded random subset
+    # Yes/no existence probes for hallucination pairs (relative to data.path), e.g. the
+    # training file itself: its existence turns. Never the benchmark's own probes.
+    probes: str | None = None
+    max_probes: int = 0  # 0: all
+    teacher: str = ""  # ranks samples of prompts without a ground truth ("stage:NAME")
+    seed: int = 0
+
+
+@dataclass
 class StageConfig:
     """One stage of a recipe, run by the one training loop."""
 
@@ -258,12 +294,14 @@ class StageConfig:
     log_every: int = 10
     seed: int = 0
     distill: DistillConfig | None = None  # settings of the distillation objectives
+    preference: PreferenceConfig | None = None  # settings of the `preference` objective
     # Which model of the recipe this stage works on: "model" (the recipe's `model`) or a
     # name under `models` (a teacher, a student, an ablation).
     model: str = "model"
     # "train" runs the one loop; "upcycle" turns the model's dense FFNs into `moe` experts.
     action: str = "train"
     moe: MoEConfig | None = None
+    pairs: PairsConfig | None = None  # settings of action "preference_build"
     # Copy modules from a finished stage's model before training, e.g. {vision:
     # "stage:teacher-sft"}: a student that starts from the teacher's encoder.
     init: dict[str, str] = field(default_factory=dict)
@@ -391,7 +429,7 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
-STAGE_ACTIONS = ("train", "upcycle")
+STAGE_ACTIONS = ("train", "upcycle", "preference_build")
 
 
 def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
@@ -409,9 +447,17 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
                              f"'{stage.action}'", source)
         if stage.action == "upcycle" and stage.moe is None:
             raise InputError(f"{key}: action 'upcycle' needs a 'moe' section", source)
+        if stage.action == "preference_build" and stage.pairs is None:
+            raise InputError(f"{key}: action 'preference_build' needs a 'pairs' section", source)
         refs = {f"init.{k}": v for k, v in stage.init.items()}
         if stage.distill is not None and stage.distill.teacher.startswith("stage:"):
             refs["distill.teacher"] = stage.distill.teacher
+        if stage.preference is not None and stage.preference.teacher.startswith("stage:"):
+            refs["preference.teacher"] = stage.preference.teacher
+        if stage.preference is not None and (stage.preference.pairs or "").startswith("stage:"):
+            refs["preference.pairs"] = stage.preference.pairs or ""
+        if stage.pairs is not None and stage.pairs.teacher.startswith("stage:"):
+            refs["pairs.teacher"] = stage.pairs.teacher
         for where, ref in refs.items():
             _check_stage_ref(ref, seen, f"{key}.{where}", source)
         seen.append(stage.name)

@@ -277,7 +277,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 
 def build_objective(name: str, model: TinyVLM, stage: StageConfig | None = None) -> Objective:
-    import tinyvlm.train.distill  # noqa: F401  (registers the distillation objectives)
+    # Imported for their side effect: they register the distillation objectives.
+    import tinyvlm.train.distill
+    import tinyvlm.train.preference  # noqa: F401
 
     if name not in OBJECTIVES:
         raise InputError(f"unknown objective '{name}'{closest(name, OBJECTIVES)}; "

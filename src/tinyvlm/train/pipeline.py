@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 from pathlib import Path
 
 import torch
 
 from tinyvlm.config import DataConfig, Recipe, StageConfig, dump_yaml, to_dict
 from tinyvlm.data import shapes
-from tinyvlm.data.formats import conversation_texts, load_llava
+from tinyvlm.data.formats import conversation_texts, keep_turns, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.eval.telemetry import write_expert_load
@@ -67,14 +68,61 @@ def stage_model_dir(run_dir: str | Path, stage: StageConfig) -> Path:
 
 def resolve_stage_ref(ref: str, recipe: Recipe, run_dir: Path) -> Path:
     """'stage:NAME' -> the model directory that stage finished with."""
-    name = ref.removeprefix("stage:")
-    stage = next((s for s in recipe.stages if s.name == name), None)
-    if stage is None or not ref.startswith("stage:"):
-        raise InputError(f"'{ref}' does not name a stage of recipe '{recipe.name}'")
+    stage = _ref_stage(ref, recipe)
+    name = stage.name
     path = stage_model_dir(run_dir, _steps_of(stage))
     if not (path / "config.json").is_file():
         raise InputError(f"stage '{name}' has not finished: no model in {path}")
     return path
+
+
+def pairs_file(run_dir: str | Path, stage: StageConfig) -> Path:
+    """Where a preference_build stage writes its pairs."""
+    return Path(run_dir) / "checkpoints" / stage.name / "pairs.jsonl"
+
+
+def _ref_stage(ref: str, recipe: Recipe) -> StageConfig:
+    name = ref.removeprefix("stage:")
+    stage = next((s for s in recipe.stages if s.name == name), None)
+    if stage is None or not ref.startswith("stage:"):
+        raise InputError(f"'{ref}' does not name a stage of recipe '{recipe.name}'")
+    return stage
+
+
+def build_preference_pairs(model: TinyVLM, recipe: Recipe, stage: StageConfig, run_dir: Path,
+                           progress: bool) -> Path:
+    """Action preference_build: the model samples answers to the stage's prompts; ranked
+    pairs plus hallucination pairs from existence probes, written to pairs_file()."""
+    from tinyvlm.train.preference import build_pairs, load_probes, pope_pairs, write_pairs
+    from tinyvlm.train.teacher import FrozenTeacher
+
+    cfg = stage.pairs
+    assert cfg is not None
+    root = Path(recipe.data.path)
+    convs = load_llava(root / (stage.train or recipe.data.train))
+    if stage.question_types:
+        wanted = set(stage.question_types)
+        convs = [c for c in (keep_turns(c, wanted) for c in convs) if c is not None]
+    rng = random.Random(cfg.seed)
+    if cfg.max_prompts and len(convs) > cfg.max_prompts:
+        convs = rng.sample(convs, cfg.max_prompts)
+    teacher = None
+    if cfg.teacher:
+        path = resolve_stage_ref(cfg.teacher, recipe, run_dir) if cfg.teacher.startswith(
+            "stage:") else Path(cfg.teacher)
+        teacher = FrozenTeacher.from_pretrained(path)
+        teacher.check_compatible(model)
+    model.eval()
+    records = build_pairs(model, convs, cfg.samples, cfg.temperature, cfg.top_p, cfg.seed,
+                          teacher, max_new_tokens=cfg.max_new_tokens, progress=progress)
+    if cfg.probes:
+        probes = pope_pairs(load_probes(root / cfg.probes))
+        if cfg.max_probes and len(probes) > cfg.max_probes:
+            probes = rng.sample(probes, cfg.max_probes)
+        records += probes
+    if not records:
+        raise InputError(f"stage '{stage.name}': no preference pairs could be built")
+    return write_pairs(pairs_file(run_dir, stage), records)
 
 
 def _steps_of(stage: StageConfig) -> StageConfig:
@@ -103,6 +151,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         stage = _steps_of(raw)
         model = models.get(stage.model) or models.setdefault(
             stage.model, build_model(recipe, run_dir, stage.model))
+        if stage.action == "preference_build":
+            if not (resume and pairs_file(run_dir, stage).is_file()):
+                build_preference_pairs(model, recipe, stage, run_dir, progress)
+            continue
         if stage.action == "upcycle":
             assert stage.moe is not None
             upcycle(model, stage.moe)
@@ -121,6 +173,14 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             teacher = resolve_stage_ref(stage.distill.teacher, recipe, run_dir)
             stage = dataclasses.replace(stage, distill=dataclasses.replace(
                 stage.distill, teacher=str(teacher)))
+        if stage.preference is not None and stage.preference.teacher.startswith("stage:"):
+            teacher = resolve_stage_ref(stage.preference.teacher, recipe, run_dir)
+            stage = dataclasses.replace(stage, preference=dataclasses.replace(
+                stage.preference, teacher=str(teacher)))
+        if stage.preference is not None and (stage.preference.pairs or "").startswith("stage:"):
+            pairs = pairs_file(run_dir, _ref_stage(stage.preference.pairs or "", recipe))
+            stage = dataclasses.replace(stage, preference=dataclasses.replace(
+                stage.preference, pairs=str(pairs.resolve())))
         objective = build_objective(stage.objective, model, stage)
         source = objective.data(model, recipe.data, stage)
         train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
