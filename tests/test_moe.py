@@ -350,3 +350,35 @@ def test_task_expert_mutual_information() -> None:
     assert task_expert_mi(probs, tasks, 2).item() == pytest.approx(math.log(2), abs=1e-6)
     flat = torch.full((4, 2), 0.5)
     assert task_expert_mi(flat, tasks, 2).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bf16_autocast_keeps_the_router_in_fp32(tokenizer: Tokenizer) -> None:
+    cfg = tiny_model_config(moe={"experts": 4, "top_k": 2, "layers": "all"})
+    model = TinyVLM.from_tokenizer(cfg, tokenizer).train()
+    ids = torch.tensor([tokenizer.encode("what colour is the circle?")] * 2)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # padding goes through the masked (index_copy) path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask)
+    assert out.logits.dtype == torch.bfloat16
+    loss = out.logits.float().square().mean() + router_losses(out.records)[0]
+    loss.backward()
+    for rec in out.records:
+        assert rec.gates.dtype == torch.float32 and rec.aux_loss.dtype == torch.float32
+    assert all(p.grad is not None for b in model.language.blocks for p in b.ffn.parameters())
+
+
+def test_bad_moe_settings_are_one_clear_error(tmp_path: Path) -> None:
+    from tinyvlm.config import load_recipe
+    from tinyvlm.errors import InputError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel:\n  language:\n    moe: {experts: 2, top_k: 3}\n"
+                      "stages:\n  - {name: sft}\n")
+    with pytest.raises(InputError,
+                       match=r"recipe\.model\.language\.moe\.top_k' must lie in 1\.\.experts"):
+        load_recipe(recipe)
+    recipe.write_text("name: r\nmodel:\n  vision:\n    moe: {layers: every_other}\n"
+                      "stages:\n  - {name: sft}\n")
+    with pytest.raises(InputError, match=r"recipe\.model\.vision\.moe"):
+        load_recipe(recipe)

@@ -6,13 +6,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from tinyvlm.cli import main
 from tinyvlm.config import MoEConfig, StageConfig, from_dict
 from tinyvlm.data.formats import load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -30,6 +27,7 @@ from tinyvlm.train.objectives import TaskHeads
 from tinyvlm.train.pipeline import run_recipe
 
 from .conftest import tiny_model_config, tiny_recipe
+from .test_cli import run_cli
 
 MOE = {"experts": 4, "top_k": 2, "layers": "all", "z_coef": 1e-3}
 
@@ -74,22 +72,10 @@ def test_expert_load_plot(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-         ) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tinyvlm", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_upcycle_command(tokenizer: Tokenizer, tmp_path: Path, monkeypatch, capsys) -> None:
     dense = TinyVLM.from_tokenizer(tiny_model_config(depth=4), tokenizer).eval()
     dense.save_pretrained(tmp_path / "dense")
-    code, out, err = _cli(["upcycle", str(tmp_path / "dense"), str(tmp_path / "moe"),
+    code, out, err = run_cli(["upcycle", str(tmp_path / "dense"), str(tmp_path / "moe"),
                            "--experts", "3", "--top-k", "2", "--layers", "1,3"],
                           monkeypatch, capsys)
     assert code == 0, err
@@ -98,10 +84,10 @@ def test_upcycle_command(tokenizer: Tokenizer, tmp_path: Path, monkeypatch, caps
     assert sparse.config.language.moe.layers == [1, 3]
     ids = torch.tensor([tokenizer.encode("how many shapes are there?")])
     torch.testing.assert_close(sparse(ids).logits, dense(ids).logits, atol=1e-5, rtol=1e-5)
-    code, _, err = _cli(["upcycle", str(tmp_path / "moe"), str(tmp_path / "again")],
+    code, _, err = run_cli(["upcycle", str(tmp_path / "moe"), str(tmp_path / "again")],
                         monkeypatch, capsys)
     assert code == 2 and "already sparse" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _cli(["upcycle", str(tmp_path / "dense"), str(tmp_path / "x"), "--layers",
+    code, _, err = run_cli(["upcycle", str(tmp_path / "dense"), str(tmp_path / "x"), "--layers",
                          "odd"], monkeypatch, capsys)
     assert code == 2 and "--layers" in err
 
@@ -137,13 +123,13 @@ def test_task_routed_vit_end_to_end(shapes_dir: Path, tmp_path: Path, monkeypatc
         c for c in full["load"]["vision.1"] if c > 0]
     assert vision_flops(single, 32) <= vision_flops(model, 32, task)
 
-    code, out, err = _cli(["tasks", "eval", str(run)], monkeypatch, capsys)
+    code, out, err = run_cli(["tasks", "eval", str(run)], monkeypatch, capsys)
     assert code == 0, err
     assert [r["task"] for r in json.loads(out)] == list(TaskHeads.TASKS)
     assert json.loads(out)[task]["accuracy"] == full["accuracy"]
-    code, out, err = _cli(["tasks", "prune", str(run), "--task", "colour", "--out",
+    code, out, err = run_cli(["tasks", "prune", str(run), "--task", "colour", "--out",
                            str(tmp_path / "cli_single")], monkeypatch, capsys)
     assert code == 0, err and (tmp_path / "cli_single" / "task.json").is_file()
-    code, _, err = _cli(["tasks", "prune", str(run), "--task", "color", "--out",
+    code, _, err = run_cli(["tasks", "prune", str(run), "--task", "color", "--out",
                          str(tmp_path / "x")], monkeypatch, capsys)
     assert code == 2 and "did you mean 'colour'" in err

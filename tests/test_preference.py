@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyvlm.cli import main
 from tinyvlm.config import PreferenceConfig, Recipe, StageConfig, check_recipe, from_dict
 from tinyvlm.data.formats import IMAGE_PLACEHOLDER, Conversation, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -34,6 +32,7 @@ from tinyvlm.train.preference import (
 from tinyvlm.train.teacher import FrozenTeacher
 
 from .conftest import tiny_model_config, tiny_recipe
+from .test_cli import run_cli
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -295,18 +294,6 @@ def test_preference_config_errors(shapes_tokenizer: Tokenizer, pairs_file: Path)
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch,
-            capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tinyvlm", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_preference_build(shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path,

@@ -98,3 +98,24 @@ def test_bad_references_are_one_clear_error(shapes_dir: Path) -> None:
     with pytest.raises(InputError, match="earlier stage"):
         check_recipe(recipe)
     recipe.stages[3].moe = MoEConfig()
+
+
+def test_stage_sections_and_reference_kinds_are_checked(shapes_dir: Path) -> None:
+    recipe = teacher_student(shapes_dir)
+    recipe.stages[2].distill = None
+    with pytest.raises(InputError, match="objective 'mimic' needs a 'distill' section"):
+        check_recipe(recipe)
+    recipe = teacher_student(shapes_dir)
+    recipe.stages[1].init = {"visoin": "stage:teacher-sft"}
+    with pytest.raises(InputError, match="did you mean 'vision'"):
+        check_recipe(recipe)
+    recipe = teacher_student(shapes_dir)
+    recipe.stages.insert(1, stage("pairs", action="preference_build", pairs={"samples": 2}))
+    recipe.stages[3].init = {"vision": "stage:pairs"}
+    with pytest.raises(InputError, match="must name a stage with a model"):
+        check_recipe(recipe)
+    recipe = teacher_student(shapes_dir)
+    recipe.stages.append(stage("pref", objective="preference",
+                               preference={"pairs": "stage:mimic-dense"}))
+    with pytest.raises(InputError, match="must name a preference_build stage"):
+        check_recipe(recipe)

@@ -252,8 +252,9 @@ def upcycle(model_dir: str, out_dir: str, experts: int, top_k: int, layers: str,
             capacity_factor: float | None, balance_coef: float, z_coef: float) -> None:
     """Turn a dense model into a sparse one whose experts start as copies of the dense FFN.
 
-    At initialisation the sparse model computes exactly what the dense one did; training
-    (e.g. mimic distillation) then moves the experts apart.
+    At initialisation the sparse model computes exactly what the dense one did (with
+    dropless routing; a capacity factor may drop choices); training (e.g. mimic
+    distillation) then moves the experts apart.
 
     \b
     Example:
@@ -328,13 +329,16 @@ def tasks() -> None:
     """Multi-task vision models with task-routed experts (M3ViT)."""
 
 
-def _task_run(run_dir: str) -> tuple[TinyVLM, Any, Any]:
+def _task_run(run_dir: str) -> tuple[TinyVLM, Any, Any, Any]:
     from tinyvlm.config import load_recipe
     from tinyvlm.eval.tasks import load_heads
 
     recipe = load_recipe(Path(run_dir) / "recipe.yaml")
+    stages = [s for s in recipe.stages if s.objective == "task_heads"]
+    if not stages:
+        raise InputError("this run has no task_heads stage", run_dir)
     model = load_model(str(Path(run_dir) / "model"))
-    return model, load_heads(run_dir, recipe.stages[-1], model), recipe
+    return model, load_heads(run_dir, stages[-1], model), recipe, stages[-1]
 
 
 def _task_id(name: str) -> int:
@@ -361,8 +365,8 @@ def tasks_eval(run_dir: str, split: str) -> None:
 
     from tinyvlm.eval.tasks import evaluate_task
 
-    model, heads, recipe = _task_run(run_dir)
-    stage = dataclasses.replace(recipe.stages[-1], train=f"{split}.json")
+    model, heads, recipe, stage = _task_run(run_dir)
+    stage = dataclasses.replace(stage, train=f"{split}.json")
     source = heads.data(model, recipe.data, stage)
     results = [evaluate_task(model, heads, source, t) for t in range(len(heads.TASKS))]
     click.echo(json.dumps(results, indent=1))
@@ -386,10 +390,9 @@ def tasks_prune(run_dir: str, task_name: str, out: str, min_share: float) -> Non
 
     from tinyvlm.eval.tasks import evaluate_task, pathway, save_single_task
 
-    model, heads, recipe = _task_run(run_dir)
+    model, heads, recipe, stage = _task_run(run_dir)
     task = _task_id(task_name)
-    val = heads.data(model, recipe.data, dataclasses.replace(recipe.stages[-1],
-                                                             train="val.json"))
+    val = heads.data(model, recipe.data, dataclasses.replace(stage, train="val.json"))
     keep = pathway(evaluate_task(model, heads, val, task)["load"], min_share)
     try:
         save_single_task(model, heads, task, keep, out)

@@ -62,6 +62,31 @@ class MoEConfig:
     # all experts in use: the sparse per-task pathways that single-task pruning keeps.
     task_mi_coef: float = 0.0
 
+    def check(self, depth: int, source: str | Path | None = None, key: str = "moe") -> None:
+        """Every value in range, or one InputError naming the key."""
+        problems = [
+            (self.experts >= 1, "experts", "must be >= 1"),
+            (1 <= self.top_k <= self.experts, "top_k", f"must lie in 1..experts ({self.experts})"),
+            (self.routing in ("dropless", "capacity"), "routing", "must be dropless or capacity"),
+            (self.capacity_factor > 0, "capacity_factor", "must be > 0"),
+            (self.eval_capacity_factor is None or self.eval_capacity_factor > 0,
+             "eval_capacity_factor", "must be > 0"),
+            (0 <= self.jitter < 1, "jitter", "must lie in [0, 1)"),
+            (self.task_routing in ("none", "embedding", "multi_gate"), "task_routing",
+             "must be none, embedding or multi_gate"),
+            (self.task_routing == "none" or self.num_tasks >= 1, "num_tasks",
+             "must be >= 1 with task routing"),
+            (all(n >= 1 for n in self.layer_experts), "layer_experts", "entries must be >= 1"),
+            (self.hidden_dim is None or self.hidden_dim >= 1, "hidden_dim", "must be >= 1"),
+        ]
+        for ok, name, message in problems:
+            if not ok:
+                raise InputError(f"'{key}.{name}' {message}", source)
+        try:
+            self.experts_at(depth)
+        except ValueError as e:
+            raise InputError(f"'{key}': {e}", source) from None
+
     def moe_layers(self, depth: int) -> list[int]:
         """The block indices that are MoE, for a stack of `depth` blocks."""
         if self.layers == "all":
@@ -432,8 +457,28 @@ def load_recipe(path: str | Path) -> Recipe:
 STAGE_ACTIONS = ("train", "upcycle", "preference_build")
 
 
+def check_model(config: ModelConfig, source: str | Path | None = None, key: str = "model"
+                ) -> None:
+    """Values a type check cannot judge (MoE settings), as one InputError naming the key."""
+    if config.vision.moe is not None:
+        config.vision.moe.check(config.vision.depth, source, f"{key}.vision.moe")
+    if config.language.moe is not None:
+        config.language.moe.check(config.language.depth, source, f"{key}.language.moe")
+
+
+MODEL_MODULES = ("vision", "connector", "language")
+STAGE_SECTIONS = {"mimic": "distill", "preference": "preference"}
+
+
 def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
-    """Cross-references a dict check cannot see: stage models, actions, stage references."""
+    """Cross-references a dict check cannot see: stage models, actions, stage references,
+    the sections objectives need, and MoE settings; all before anything trains."""
+    check_model(recipe.model, source, "recipe.model")
+    for name, model in recipe.models.items():
+        check_model(model, source, f"recipe.models.{name}")
+    if recipe.stages and all(s.model != "model" for s in recipe.stages):
+        raise InputError("no stage trains the recipe's `model` (the run's final model)", source)
+    kinds: dict[str, str] = {}
     seen: list[str] = []
     for i, stage in enumerate(recipe.stages):
         key = f"recipe.stages[{i}]"
@@ -447,6 +492,21 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
                              f"'{stage.action}'", source)
         if stage.action == "upcycle" and stage.moe is None:
             raise InputError(f"{key}: action 'upcycle' needs a 'moe' section", source)
+        if stage.action == "upcycle" and stage.moe is not None:
+            depth = (recipe.model if stage.model == "model"
+                     else recipe.models[stage.model]).language.depth
+            stage.moe.check(depth, source, f"{key}.moe")
+            if not stage.moe.normalize_gates or stage.moe.task_routing != "none":
+                raise InputError(f"{key}.moe: upcycling needs normalize_gates: true and "
+                                 "task_routing: none", source)
+        section = STAGE_SECTIONS.get(stage.objective)
+        if stage.action == "train" and section and getattr(stage, section) is None:
+            raise InputError(f"{key}: objective '{stage.objective}' needs a '{section}' "
+                             "section", source)
+        for module in stage.init:
+            if module not in MODEL_MODULES:
+                raise InputError(f"{key}.init: unknown module '{module}'"
+                                 f"{closest(module, MODEL_MODULES)}", source)
         if stage.action == "preference_build" and stage.pairs is None:
             raise InputError(f"{key}: action 'preference_build' needs a 'pairs' section", source)
         refs = {f"init.{k}": v for k, v in stage.init.items()}
@@ -460,9 +520,18 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
             refs["pairs.teacher"] = stage.pairs.teacher
         for where, ref in refs.items():
             _check_stage_ref(ref, seen, f"{key}.{where}", source)
+            # Pairs come from a preference_build stage; models from the other stages.
+            wants_pairs = where == "preference.pairs"
+            if (kinds[ref.removeprefix("stage:")] == "preference_build") != wants_pairs:
+                what = "a preference_build stage" if wants_pairs else "a stage with a model"
+                raise InputError(f"{key}.{where}: '{ref}' must name {what}", source)
         seen.append(stage.name)
+        kinds[stage.name] = stage.action
     for row, ref in recipe.eval.models.items():
         _check_stage_ref(ref, seen, f"recipe.eval.models.{row}", source)
+        if kinds[ref.removeprefix("stage:")] == "preference_build":
+            raise InputError(f"recipe.eval.models.{row}: '{ref}' must name a stage with a "
+                             "model", source)
 
 
 def _check_stage_ref(ref: str, earlier: list[str], key: str, source: str | Path | None) -> None:

@@ -230,23 +230,29 @@ class MoE(nn.Module):
             noise = torch.empty_like(tokens).uniform_(1 - self.config.jitter,
                                                       1 + self.config.jitter)
             router_in = tokens * noise
-        logits = self.router(router_in, task_ids)  # (N, E) fp32
-        probs = logits.softmax(-1)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)
-        gates = top_p / top_p.sum(-1, keepdim=True) if self.config.normalize_gates else top_p
+        # Routing in fp32 even under autocast: a bf16 softmax over near-equal logits flips
+        # choices, and the auxiliary losses need the precision too.
+        with torch.autocast(tokens.device.type, enabled=False):
+            logits = self.router(router_in, task_ids)  # (N, E) fp32
+            probs = logits.softmax(-1)
+            top_p, top_i = probs.topk(self.top_k, dim=-1)
+            gates = (top_p / top_p.sum(-1, keepdim=True) if self.config.normalize_gates
+                     else top_p)
         capacity = self.capacity(tokens.shape[0])
         kept = None if capacity is None else self._within_capacity(top_i, capacity)
 
         y = self._experts(tokens, top_i, gates, kept)
         if self.shared is not None:
             y = y + self.shared(tokens)
-        out = y if routed is None else flat.new_zeros(flat.shape).index_copy(0, routed, y)
+        # The experts' dtype (bf16 under autocast), not the residual stream's.
+        out = y if routed is None else y.new_zeros(flat.shape[0], dim).index_copy(0, routed, y)
 
-        balance, z = self._aux_losses(logits, probs, top_i)
-        aux = self.config.balance_coef * balance + self.config.z_coef * z
-        if self.config.task_mi_coef and task_ids is not None and self.training:
-            aux = aux - self.config.task_mi_coef * task_expert_mi(probs, task_ids,
-                                                                  self.router.num_tasks)
+        with torch.autocast(tokens.device.type, enabled=False):
+            balance, z = self._aux_losses(logits, probs, top_i)
+            aux = self.config.balance_coef * balance + self.config.z_coef * z
+            if self.config.task_mi_coef and task_ids is not None and self.training:
+                aux = aux - self.config.task_mi_coef * task_expert_mi(probs, task_ids,
+                                                                      self.router.num_tasks)
         ctx.records.append(RouterRecord(
             layer=self.name, num_experts=self.num_experts,
             choices=self._spread(top_i.detach(), routed, lead, -1),

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tinyvlm.config import ModelConfig, from_dict, to_dict
+from tinyvlm.config import ModelConfig, check_model, from_dict, to_dict
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_dir, read_json, write_json, write_text
@@ -192,6 +192,7 @@ class TinyVLM(nn.Module):
         if version != FORMAT_VERSION:
             raise InputError(f"unsupported format_version {version!r}", cfg_path)
         config = from_dict(ModelConfig, raw, source=cfg_path, key="config")
+        check_model(config, cfg_path, "config")
         tokenizer = Tokenizer.load(directory / "tokenizer.json", config.chat)
         model = cls(config, tokenizer)
         weights = directory / "model.safetensors"

@@ -3,6 +3,8 @@ frozen teacher's next-token distributions, online or from an offline top-k cache
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from tinyvlm.config import DataConfig, StageConfig, to_dict
+from tinyvlm.config import DataConfig, StageConfig
 from tinyvlm.data.collate import IGNORE, Batch
 from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_path, read_json, write_json
@@ -32,6 +34,18 @@ from tinyvlm.train.objectives import OBJECTIVES, SFT, DataSource, LossOutput, to
 from tinyvlm.train.teacher import FrozenTeacher
 
 CACHE_VERSION = 1
+
+
+def cache_key(student: TinyVLM, data: DataConfig, stage: StageConfig) -> dict[str, Any]:
+    """What decides the cached positions: the training file and filter, the tokenizer and
+    the sequence length."""
+    assert student.tokenizer is not None
+    vocab = sorted(student.tokenizer.backend.get_vocab().items())
+    return {"train_file": Path(stage.train or data.train).name,
+            "question_types": list(stage.question_types),
+            "max_len": data.max_seq_len or student.config.language.max_seq_len,
+            "image_tokens": student.image_tokens,
+            "vocab_sha256": hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]}
 
 
 @dataclass
@@ -98,12 +112,16 @@ class Mimic(SFT):
         if self.cfg.cache is None:
             return source
         cache = TeacherCache(self.cfg.cache)
-        cache.check(len(source.items))
+        cache.check(len(source.items), cache_key(model, config, stage))
         items = list(enumerate(source.items))
 
         def collate(rows: Sequence[tuple[int, Any]]) -> CachedBatch:
             batch = source.collate([conv for _, conv in rows])
             values, indices = cache.rows([i for i, _ in rows])
+            assert batch.target_ids is not None
+            if values.shape[0] != int((batch.target_ids != IGNORE).sum()):
+                raise InputError("the cache's response positions do not match this stage's "
+                                 "batches (another tokenizer or max_seq_len?)", cache.dir)
             return CachedBatch(batch, values, indices)
 
         return DataSource(items, collate)
@@ -167,7 +185,12 @@ class TeacherCache:
         self._indices: list[Tensor] = []
         self._offsets: list[int] = []
 
-    def check(self, n_items: int) -> None:
+    def check(self, n_items: int, key: dict[str, Any]) -> None:
+        """The cache was made for this data, tokenizer and sequence length, and is complete."""
+        for name, value in key.items():
+            if self.meta.get(name) != value:
+                raise InputError(f"the cache was made with {name} {self.meta.get(name)!r}, "
+                                 f"this stage has {value!r}", self.dir)
         if self.meta["items"] != n_items:
             raise InputError(f"the cache covers {self.meta['items']} conversations, the stage's "
                              f"data has {n_items}", self.dir)
@@ -222,8 +245,7 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
     shards = math.ceil(len(source.items) / shard_size)
     meta = {"format_version": CACHE_VERSION, "teacher": str(teacher_dir), "top_k": k,
             "items": len(source.items), "shard_size": shard_size, "shards": shards,
-            "values_dtype": values_dtype,
-            "data": to_dict(data), "train": stage.train, "question_types": stage.question_types}
+            "values_dtype": values_dtype, **cache_key(student, data, stage)}
     meta_path = out / "cache.json"
     if meta_path.is_file() and read_json(meta_path) != meta:
         raise InputError("a different cache is already there (other teacher, data or top-k); "

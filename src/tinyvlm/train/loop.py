@@ -255,8 +255,14 @@ class _Window:
 
 
 def _mean_metrics(outputs: list[Any]) -> dict[str, float]:
-    keys = outputs[0].metrics.keys()
-    return {k: sum(o.metrics[k] for o in outputs) / len(outputs) for k in keys}
+    """Mean of each metric over the micro-batches that report it (some, e.g. RDist, need
+    images a micro-batch may lack)."""
+    keys = dict.fromkeys(k for o in outputs for k in o.metrics)
+    means = {}
+    for k in keys:
+        values = [o.metrics[k] for o in outputs if k in o.metrics]
+        means[k] = sum(values) / len(values)
+    return means
 
 
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:

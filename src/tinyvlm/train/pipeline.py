@@ -157,6 +157,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             continue
         if stage.action == "upcycle":
             assert stage.moe is not None
+            torch.manual_seed(stage.seed)  # the new routers: the same on every (re)run
             upcycle(model, stage.moe)
         done = resume and completed(run_dir, stage)
         if done:
@@ -164,7 +165,11 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             continue
         for module, ref in stage.init.items():
             source = TinyVLM.from_pretrained(resolve_stage_ref(ref, recipe, run_dir))
-            getattr(model, module).load_state_dict(getattr(source, module).state_dict())
+            try:
+                getattr(model, module).load_state_dict(getattr(source, module).state_dict())
+            except RuntimeError:
+                raise InputError(f"stage '{stage.name}': init.{module} from '{ref}': the two "
+                                 f"models' {module} modules differ in shape") from None
         if stage.action == "upcycle":
             Checkpoints(run_dir / "checkpoints" / stage.name, stage.keep_checkpoints).save(
                 0, model, {"step": 0, "stage": to_dict(stage)})

@@ -52,6 +52,9 @@ class FrozenTeacher:
                 problems.append(f"{key} {getattr(t.config, key)} vs {getattr(s.config, key)}")
         if t.image_tokens != s.image_tokens:
             problems.append(f"{t.image_tokens} vs {s.image_tokens} tokens per image")
+        if t.config.language.max_seq_len < s.config.language.max_seq_len:
+            problems.append(f"teacher max_seq_len {t.config.language.max_seq_len} < the "
+                            f"student's {s.config.language.max_seq_len}")
         if t.config.vision.image_size != s.config.vision.image_size:
             problems.append(f"image size {t.config.vision.image_size} vs "
                             f"{s.config.vision.image_size}")
@@ -65,7 +68,9 @@ class FrozenTeacher:
         dtype = next(self.model.parameters()).dtype
         if pixels is not None:
             pixels = pixels.to(dtype)
-        out = self.model(batch.input_ids, batch.attention_mask, pixels)
+        # The teacher's own dtype decides its precision, not the student's autocast.
+        with torch.autocast(batch.input_ids.device.type, enabled=False):
+            out = self.model(batch.input_ids, batch.attention_mask, pixels)
         assert out.logits is not None
         out.logits = out.logits.float()
         return out
