@@ -192,3 +192,11 @@ def test_training_curves_png(tmp_path: Path) -> None:
     assert out is not None
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] > img.size[1]
+
+
+def test_a_fresh_start_forgets_an_earlier_runs_checkpoints(shapes_tokenizer: Tokenizer,
+                                                           shapes_dir: Path,
+                                                           tmp_path: Path) -> None:
+    run(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=6))
+    run(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=3))
+    assert Checkpoints(tmp_path / "checkpoints" / "sft", 2).steps() == [3]

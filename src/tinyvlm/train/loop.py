@@ -156,6 +156,9 @@ def train_stage(
         torch.set_rng_state(state["rng"])
         _truncate_metrics(metrics_file, stage.name, start)
     elif not resume:
+        # A fresh start: checkpoints of an earlier run of this stage must not survive to be
+        # mistaken for this run's on a later resume.
+        shutil.rmtree(ckpts.dir, ignore_errors=True)
         _truncate_metrics(metrics_file, stage.name, 0)
 
     def trainer_state(step: int) -> dict[str, Any]:
