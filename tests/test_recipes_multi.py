@@ -119,3 +119,25 @@ def test_stage_sections_and_reference_kinds_are_checked(shapes_dir: Path) -> Non
                                preference={"pairs": "stage:mimic-dense"}))
     with pytest.raises(InputError, match="must name a preference_build stage"):
         check_recipe(recipe)
+
+
+def test_stage_references_resolve_to_paths(shapes_dir: Path, tmp_path: Path) -> None:
+    from tinyvlm.train.pipeline import pairs_file, stage_model_dir, with_resolved_refs
+
+    recipe = teacher_student(shapes_dir)
+    recipe.stages.insert(1, stage("pairs", action="preference_build", pairs={"samples": 2}))
+    pref = stage("pref", objective="preference",
+                 preference={"pairs": "stage:pairs", "teacher": "stage:teacher-sft"})
+    recipe.stages.append(pref)
+    check_recipe(recipe)
+    teacher_dir = stage_model_dir(tmp_path, recipe.stages[0])
+    teacher_dir.mkdir(parents=True)
+    (teacher_dir / "config.json").write_text("{}")
+    resolved = with_resolved_refs(pref, recipe, tmp_path)
+    assert resolved.preference.teacher == str(teacher_dir)
+    assert resolved.preference.pairs == str(pairs_file(tmp_path, recipe.stages[1]).resolve())
+    assert pref.preference.pairs == "stage:pairs"  # the recipe's own stage is not changed
+    mimic = recipe.stages[3]
+    assert with_resolved_refs(mimic, recipe, tmp_path).distill.teacher == str(teacher_dir)
+    with pytest.raises(InputError, match="has not finished"):
+        with_resolved_refs(mimic, recipe, tmp_path / "elsewhere")

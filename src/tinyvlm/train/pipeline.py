@@ -125,6 +125,22 @@ def build_preference_pairs(model: TinyVLM, recipe: Recipe, stage: StageConfig, r
     return write_pairs(pairs_file(run_dir, stage), records)
 
 
+def with_resolved_refs(stage: StageConfig, recipe: Recipe, run_dir: Path) -> StageConfig:
+    """The stage with every "stage:NAME" of its distill/preference sections replaced by the
+    path it names: a model directory, or for preference.pairs the pairs file."""
+    sections: dict[str, object] = {}
+    for section, key in (("distill", "teacher"), ("preference", "teacher"),
+                         ("preference", "pairs")):
+        cfg = sections.get(section, getattr(stage, section))
+        ref = getattr(cfg, key, None) if cfg is not None else None
+        if not (isinstance(ref, str) and ref.startswith("stage:")):
+            continue
+        path = (pairs_file(run_dir, _ref_stage(ref, recipe)).resolve() if key == "pairs"
+                else resolve_stage_ref(ref, recipe, run_dir))
+        sections[section] = dataclasses.replace(cfg, **{key: str(path)})  # type: ignore[type-var]
+    return dataclasses.replace(stage, **sections) if sections else stage  # type: ignore[arg-type]
+
+
 def _steps_of(stage: StageConfig) -> StageConfig:
     # Actions leave their model as a step-0 checkpoint, so they resume like training stages.
     return stage if stage.action == "train" else dataclasses.replace(stage, steps=0)
@@ -174,18 +190,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             Checkpoints(run_dir / "checkpoints" / stage.name, stage.keep_checkpoints).save(
                 0, model, {"step": 0, "stage": to_dict(stage)})
             continue
-        if stage.distill is not None and stage.distill.teacher.startswith("stage:"):
-            teacher = resolve_stage_ref(stage.distill.teacher, recipe, run_dir)
-            stage = dataclasses.replace(stage, distill=dataclasses.replace(
-                stage.distill, teacher=str(teacher)))
-        if stage.preference is not None and stage.preference.teacher.startswith("stage:"):
-            teacher = resolve_stage_ref(stage.preference.teacher, recipe, run_dir)
-            stage = dataclasses.replace(stage, preference=dataclasses.replace(
-                stage.preference, teacher=str(teacher)))
-        if stage.preference is not None and (stage.preference.pairs or "").startswith("stage:"):
-            pairs = pairs_file(run_dir, _ref_stage(stage.preference.pairs or "", recipe))
-            stage = dataclasses.replace(stage, preference=dataclasses.replace(
-                stage.preference, pairs=str(pairs.resolve())))
+        stage = with_resolved_refs(stage, recipe, run_dir)
         objective = build_objective(stage.objective, model, stage)
         source = objective.data(model, recipe.data, stage)
         train_stage(model, stage, objective, source, run_dir, resume=resume, progress=progress)
