@@ -31,7 +31,7 @@ from tinyvlm.train.losses import (
     relation_distill_loss,
 )
 from tinyvlm.train.objectives import OBJECTIVES, SFT, DataSource, LossOutput, token_cross_entropy
-from tinyvlm.train.teacher import FrozenTeacher
+from tinyvlm.train.teacher import FrozenTeacher, Teacher
 
 CACHE_VERSION = 1
 
@@ -95,7 +95,7 @@ class Mimic(SFT):
         self.image_tokens = model.image_tokens
         # Kept in a list so that nn.Module does not register the teacher as a submodule: it
         # must stay out of parameters(), the optimizer and checkpoints.
-        self._teacher: list[FrozenTeacher] = []
+        self._teacher: list[Teacher] = []
         if cfg.cache is None:
             if not cfg.teacher:
                 raise InputError(f"{where}: distill.teacher (a model directory) is required")
@@ -104,7 +104,7 @@ class Mimic(SFT):
             self._teacher.append(teacher)
 
     @property
-    def teacher(self) -> FrozenTeacher | None:
+    def teacher(self) -> Teacher | None:
         return self._teacher[0] if self._teacher else None
 
     def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> DataSource:

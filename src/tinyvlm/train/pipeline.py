@@ -110,8 +110,7 @@ def build_preference_pairs(model: TinyVLM, recipe: Recipe, stage: StageConfig, r
     if cfg.teacher:
         path = resolve_stage_ref(cfg.teacher, recipe, run_dir) if cfg.teacher.startswith(
             "stage:") else Path(cfg.teacher)
-        teacher = FrozenTeacher.from_pretrained(path)
-        teacher.check_compatible(model)
+        teacher = FrozenTeacher.from_pretrained(path)  # build_pairs checks it fits the model
     model.eval()
     records = build_pairs(model, convs, cfg.samples, cfg.temperature, cfg.top_p, cfg.seed,
                           teacher, max_new_tokens=cfg.max_new_tokens, progress=progress)

@@ -39,7 +39,7 @@ from tinyvlm.train.objectives import (
     Objective,
     token_cross_entropy,
 )
-from tinyvlm.train.teacher import DTYPES, FrozenTeacher
+from tinyvlm.train.teacher import DTYPES, FrozenTeacher, Teacher
 
 SOURCES = ("ground_truth", "teacher", "pope")
 REFERENCES = ("teacher", "initial")
@@ -187,7 +187,7 @@ def _most_frequent(texts: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def teacher_scores(teacher: FrozenTeacher, tokenizer: Tokenizer, image_tokens: int,
+def teacher_scores(teacher: Teacher, tokenizer: Tokenizer, image_tokens: int,
                    items: Sequence[tuple[list[Turn], list[Path]]],
                    store: ImageStore) -> list[float]:
     """The teacher's length-normalised log-likelihood (mean log-prob per answer token, the
@@ -207,7 +207,7 @@ def teacher_scores(teacher: FrozenTeacher, tokenizer: Tokenizer, image_tokens: i
 @torch.no_grad()
 def build_pairs(student: TinyVLM, conversations: Sequence[Conversation], n_samples: int = 4,
                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                teacher: FrozenTeacher | None = None, batch_size: int = 16,
+                teacher: Teacher | None = None, batch_size: int = 16,
                 max_new_tokens: int = 16, all_turns: bool = False,
                 use_ground_truth: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Sample `n_samples` answers per prompt from the student and rank them into pairs.
@@ -285,7 +285,7 @@ def build_pairs(student: TinyVLM, conversations: Sequence[Conversation], n_sampl
     return records
 
 
-def _rank_by_teacher(ranked: list[tuple[_Prompt, list[str]]], teacher: FrozenTeacher | None,
+def _rank_by_teacher(ranked: list[tuple[_Prompt, list[str]]], teacher: Teacher | None,
                      tok: Tokenizer, image_tokens: int, store: ImageStore
                      ) -> list[dict[str, Any]]:
     assert teacher is not None

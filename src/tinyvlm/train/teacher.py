@@ -17,9 +17,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Teacher(Protocol):
+    """What distillation needs of a teacher: outputs (logits over the student's vocabulary,
+    hidden states for RDist) for a student batch, and a check that it fits the student."""
+
     vocab_size: int
 
     def __call__(self, batch: Batch) -> VLMOutput: ...
+
+    def check_compatible(self, student: TinyVLM) -> None: ...
 
 
 class FrozenTeacher:
