@@ -25,7 +25,7 @@ import torch
 import tinyvlm
 from tinyvlm.config import Recipe, load_recipe
 from tinyvlm.data import shapes
-from tinyvlm.data.formats import conversation_texts, load_llava
+from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.models.vlm import TinyVLM
 

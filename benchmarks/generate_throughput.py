@@ -41,7 +41,8 @@ from common import (
     summarize,
 )
 from tinyvlm.data.collate import PromptCollator
-from tinyvlm.data.formats import ImageStore, load_llava
+from tinyvlm.data.images import ImageStore
+from tinyvlm.data.llava import load_llava
 from tinyvlm.models.vlm import TinyVLM
 
 PATHS = {"cached": True, "uncached": False}

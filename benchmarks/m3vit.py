@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from tinyvlm.config import Recipe, load_recipe
-from tinyvlm.eval.tasks import (
+from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.train.m3vit import (
     evaluate_task,
     load_heads,
     load_single_task,
@@ -31,7 +32,6 @@ from tinyvlm.eval.tasks import (
     save_single_task,
     vision_flops,
 )
-from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.objectives import TaskHeads
 from tinyvlm.train.pipeline import run_recipe
 

@@ -43,7 +43,8 @@ from transformers.models.mixtral.modeling_mixtral import MixtralModel, MixtralSp
 
 from common import LoadMeter, base_parser, environment, log, ratio, setup_threads, summarize
 from tinyvlm.config import MoEConfig
-from tinyvlm.models.layers import ForwardContext, SwiGLU
+from tinyvlm.models.context import ForwardContext
+from tinyvlm.models.layers import SwiGLU
 from tinyvlm.models.moe import MoE
 
 IMPLS = ("eager", "batched_mm", "grouped_mm")

@@ -21,10 +21,10 @@ import torch
 from tinyvlm.config import load_recipe
 from tinyvlm.eval.harness import evaluate
 from tinyvlm.models.vlm import TinyVLM
-from tinyvlm.train.distill import cache_teacher
 from tinyvlm.train.loop import train_stage
 from tinyvlm.train.objectives import build_objective
 from tinyvlm.train.pipeline import resolve_stage_ref
+from tinyvlm.train.teacher_cache import cache_teacher
 
 
 def main(argv: list[str] | None = None) -> int:

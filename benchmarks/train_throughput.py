@@ -46,7 +46,7 @@ from common import (
 )
 from tinyvlm.config import Recipe, StageConfig
 from tinyvlm.train.loop import BatchSampler, configure_trainable, lr_lambda
-from tinyvlm.train.objectives import DataSource, build_objective
+from tinyvlm.train.objectives import TrainData, build_objective
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -80,9 +80,9 @@ class Runner:
         with self.autocast:
             out = self.objective(self.model, self.batch)
         t1 = time.perf_counter()
-        out.loss.mul(out.weight).backward()
+        out.loss.mul(out.units).backward()
         t2 = time.perf_counter()
-        weight = out.weight or 1.0
+        weight = out.units or 1.0
         for p in self.params:
             if p.grad is not None:
                 p.grad.div_(weight)
@@ -104,7 +104,7 @@ class Runner:
                 self.times[key].append(value)
 
 
-def measure_collate(source: DataSource, batch_size: int, seed: int, n: int) -> dict[str, float]:
+def measure_collate(source: TrainData, batch_size: int, seed: int, n: int) -> dict[str, float]:
     """Collation of fresh batches (images already decoded once: the loop's store caches)."""
     sampler = BatchSampler(len(source.items), batch_size, seed)
     times = []

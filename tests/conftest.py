@@ -16,7 +16,7 @@ from tinyvlm.config import (
     from_dict,
 )
 from tinyvlm.data import shapes
-from tinyvlm.data.formats import conversation_texts, load_llava
+from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.models.vlm import TinyVLM
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tinyvlm.data.collate import IGNORE, PromptCollator, SFTCollator, pad, shift_targets
-from tinyvlm.data.formats import Conversation, ImageStore
+from tinyvlm.data.conversation import Conversation
+from tinyvlm.data.images import ImageStore
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 
@@ -75,7 +76,7 @@ def test_images_load_in_placeholder_order(tmp_path: Path, tokenizer: Tokenizer) 
 
 
 def test_keep_turns_moves_the_image_to_the_first_kept_turn() -> None:
-    from tinyvlm.data.formats import keep_turns
+    from tinyvlm.data.conversation import keep_turns
 
     conv = Conversation("c", [Path("a.png")], [("<image>\nq1", "a1"), ("q2", "a2"), ("q3", "a3")],
                         [{"type": "x"}, {"type": "y"}, {"type": "x"}])

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.compare import headlines, load_runs, render_html, write_comparison
-from tinyvlm.eval.metrics import summarize
-from tinyvlm.eval.report import build_results, model_row
+from tinyvlm.eval.report import build_results, load_runs, model_row, render_html, write_comparison
+from tinyvlm.eval.scorers.capabilities import summarize
+from tinyvlm.eval.tables import headlines
 from tinyvlm.models.vlm import TinyVLM
 
 from .test_cli import run_cli

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyvlm.config import DistillConfig, StageConfig
+from tinyvlm.config import MimicConfig, StageConfig
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM
-from tinyvlm.train.distill import Mimic, cache_teacher
 from tinyvlm.train.loop import configure_trainable, train_stage
-from tinyvlm.train.objectives import build_objective
+from tinyvlm.train.objectives import Mimic, build_objective
+from tinyvlm.train.teacher_cache import cache_teacher
 
 from .conftest import tiny_model_config, tiny_recipe
 
@@ -27,7 +27,7 @@ def model_dir(tok: Tokenizer, root: Path, seed: int, **language: object) -> Path
 def mimic_stage(teacher: Path | str, **distill: object) -> StageConfig:
     return StageConfig(name="mimic", objective="mimic", steps=4, batch_size=4, warmup_steps=1,
                        log_every=1, checkpoint_every=2,
-                       distill=DistillConfig(teacher=str(teacher), **distill))  # type: ignore[arg-type]
+                       mimic=MimicConfig(teacher=str(teacher), **distill))  # type: ignore[arg-type]
 
 
 def first_batch(obj: Mimic, student: TinyVLM, shapes_dir: Path, stage: StageConfig):
@@ -73,7 +73,7 @@ def test_mismatched_teacher_is_one_clear_error(shapes_tokenizer: Tokenizer, toke
     student = TinyVLM.from_pretrained(model_dir(shapes_tokenizer, tmp_path / "s", seed=0))
     with pytest.raises(InputError, match="teacher and student do not match: vocabulary"):
         build_objective("mimic", student, mimic_stage(teacher))
-    with pytest.raises(InputError, match="needs a 'distill' section"):
+    with pytest.raises(InputError, match="needs a 'mimic' section"):
         build_objective("mimic", student, StageConfig(objective="mimic"))
 
 

@@ -17,11 +17,12 @@ from PIL import Image
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.eval import harness
-from tinyvlm.eval.benchmarks import LoadContext, detect, load_benchmark
 from tinyvlm.eval.cache import PredictionCache
-from tinyvlm.eval.run import evaluate_models
+from tinyvlm.eval.formats import LoadContext, detect, load_benchmark
+from tinyvlm.eval.harness import evaluate_models
+from tinyvlm.eval.prompts import load_template
 from tinyvlm.eval.scorers import get as get_scorer
-from tinyvlm.eval.templates import load_template
+from tinyvlm.infer import Engine, Sampling
 from tinyvlm.models.vlm import TinyVLM
 
 from .conftest import TEXTS, tiny_model_config
@@ -439,9 +440,9 @@ def test_generate_answers_keeps_input_order(model_and_data) -> None:
     bench = load_benchmark(files[0], LoadContext(None, Path("unused")))
     prompts = harness.build_prompts(model, bench, load_template("llava"), 8)[:6]
     seen: list[list[int]] = []
-    batched = harness.generate_answers(model, prompts, 4, 8,
-                                       on_batch=lambda idx, texts, s: seen.append(idx))
-    one_by_one = [harness.generate_answers(model, [p], 1, 8)[0] for p in prompts]
+    batched = Engine(model, 4).generate(prompts, Sampling(8),
+                                        on_batch=lambda idx, texts, s: seen.append(idx))
+    one_by_one = [Engine(model, 1).generate([p], Sampling(8))[0] for p in prompts]
     assert batched == one_by_one
     assert sorted(i for chunk in seen for i in chunk) == list(range(6))
 

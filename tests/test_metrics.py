@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from tinyvlm.eval.metrics import (
+from tinyvlm.eval.scorers.capabilities import (
     UndefinedMetricWarning,
     majority_baseline,
     normalize_answer,

@@ -16,7 +16,8 @@ from transformers.models.mixtral.modeling_mixtral import (
 
 from tinyvlm.config import MoEConfig, from_dict
 from tinyvlm.data.tokenizer import Tokenizer
-from tinyvlm.models.layers import ForwardContext, SwiGLU
+from tinyvlm.models.context import ForwardContext
+from tinyvlm.models.layers import SwiGLU
 from tinyvlm.models.moe import MoE, RouterRecord, router_losses
 from tinyvlm.models.surgery import prune_to_task, upcycle
 from tinyvlm.models.vlm import TinyVLM

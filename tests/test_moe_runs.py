@@ -10,10 +10,12 @@ from pathlib import Path
 
 import torch
 
+from tinyvlm.analysis.expert_load import expert_load, plot_expert_load
 from tinyvlm.config import MoEConfig, StageConfig, from_dict
-from tinyvlm.data.formats import load_llava
+from tinyvlm.data.llava import load_llava
 from tinyvlm.data.tokenizer import Tokenizer
-from tinyvlm.eval.tasks import (
+from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.train.m3vit import (
     evaluate_task,
     load_heads,
     load_single_task,
@@ -21,8 +23,6 @@ from tinyvlm.eval.tasks import (
     save_single_task,
     vision_flops,
 )
-from tinyvlm.eval.telemetry import expert_load, plot_expert_load
-from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.objectives import TaskHeads
 from tinyvlm.train.pipeline import run_recipe
 

@@ -18,17 +18,17 @@ def test_patch_words_targets_name_each_patch(shapes_tokenizer: Tokenizer, shapes
     obj = PatchWords(model)
     tok = shapes_tokenizer
     # Label 0 is "nothing here"; shape label len(SHAPES)+1 marks the word's patches.
-    assert obj.vocab["shape"].tolist() == [IGNORE, *(tok.encode(s)[0] for s in shapes.SHAPES),
+    assert obj.vocab_shape.tolist() == [IGNORE, *(tok.encode(s)[0] for s in shapes.SHAPES),
                                            IGNORE]
-    assert obj.vocab["colour"][1] == tok.encode(shapes.COLOURS[0])[0]
+    assert obj.vocab_colour[1] == tok.encode(shapes.COLOURS[0])[0]
     source = obj.data(model, tiny_recipe(shapes_dir).data, StageConfig())
     batch = source.collate(source.items[:2])
     assert batch.pixel_values.shape == (2, 3, 32, 32)
     assert batch.labels["shape"].shape == (2, model.config.vision.num_patches)
     out = obj(model, batch)
-    n_targets = sum(int((obj.vocab[k][batch.labels[k].flatten()] != IGNORE).sum())
-                    for k in obj.vocab)
-    assert out.weight == n_targets > 0 and torch.isfinite(out.loss)
+    n_targets = sum(int((getattr(obj, f"vocab_{k}")[batch.labels[k].flatten()] != IGNORE).sum())
+                    for k in obj.keys)
+    assert out.units == n_targets > 0 and torch.isfinite(out.loss)
 
 
 def test_patch_words_trains_only_through_the_connector(shapes_tokenizer: Tokenizer,

@@ -13,23 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from tinyvlm.config import PreferenceConfig, Recipe, StageConfig, check_recipe, from_dict
-from tinyvlm.data.formats import IMAGE_PLACEHOLDER, Conversation, load_llava
+from tinyvlm.data.answers import normalize_answer
+from tinyvlm.data.conversation import IMAGE_PLACEHOLDER, Conversation, drop_oldest
+from tinyvlm.data.llava import load_llava
+from tinyvlm.data.pairs import load_pairs, write_pairs
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
-from tinyvlm.eval.metrics import normalize_answer
 from tinyvlm.models.vlm import TinyVLM
-from tinyvlm.train import preference as pref_module
 from tinyvlm.train.loop import configure_trainable, train_stage
-from tinyvlm.train.objectives import build_objective
-from tinyvlm.train.preference import (
-    Preference,
-    build_pairs,
-    load_pairs,
-    load_probes,
-    pope_pairs,
-    write_pairs,
-)
-from tinyvlm.train.teacher import FrozenTeacher
+from tinyvlm.train.objectives import Preference, build_objective
+from tinyvlm.train.objectives import preference as pref_module
+from tinyvlm.train.pairs import build_pairs, load_probes, pope_pairs
+from tinyvlm.train.teacher import FrozenModel
 
 from .conftest import tiny_model_config, tiny_recipe
 from .test_cli import run_cli
@@ -117,7 +112,7 @@ def direct_score(teacher: TinyVLM, tok: Tokenizer, record: dict, answer: str) ->
     """Mean log-prob per answer token (end token included), one unpadded sequence."""
     turns = [*map(tuple, record["history"]), (record["prompt"], answer)]
     ids, trainable = tok.encode_conversation(turns, teacher.image_tokens)
-    from tinyvlm.data.formats import ImageStore
+    from tinyvlm.data.images import ImageStore
 
     pixels = ImageStore(teacher.config.vision.image_size).pixels([Path(record["image"])])
     with torch.no_grad():
@@ -136,7 +131,7 @@ def test_teacher_ranks_prompts_without_ground_truth(shapes_tokenizer: Tokenizer,
     student = make_model(shapes_tokenizer, seed=3)
     with pytest.raises(InputError, match="4 prompts have no ground-truth answer"):
         build_pairs(student, convs, progress=False)
-    teacher = FrozenTeacher(make_model(shapes_tokenizer, seed=5))
+    teacher = FrozenModel(make_model(shapes_tokenizer, seed=5))
     records = build_pairs(student, convs, n_samples=4, seed=0, teacher=teacher,
                           max_new_tokens=4, progress=False)
     assert records and all(r["source"] == "teacher" for r in records)
@@ -211,7 +206,7 @@ def test_losses_at_initialisation(loss: str, expected: float, shapes_tokenizer: 
     source = obj.data(student, tiny_recipe(shapes_dir).data, stage)
     student.train()  # the policy in training mode, the reference in eval: still equal
     out = obj(student, source.collate(source.items[:4]))
-    assert out.weight == 4
+    assert out.units == 4
     assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-6)
     assert out.metrics["reward_margin"] == 0.0 and out.metrics["reward_accuracy"] == 0.0
 
@@ -330,14 +325,14 @@ def test_conversation_helpers_keep_images(shapes_dir: Path) -> None:
     """Trimming moves the placeholder of a dropped turn into the next one."""
     conv = Conversation("x", [shapes_dir / "images/train/000001.png"],
                         [("<image>\na?", "1"), ("b?", "2"), ("c?", "3")])
-    history, prompt = pref_module.trim_history(conv.turns[:-1], conv.question,
+    history, prompt = drop_oldest(conv.turns[:-1], conv.question,
                                                lambda h, p: len(h) <= 0)
     assert history == [] and prompt == "<image>\nc?"
-    history, prompt = pref_module.trim_history(conv.turns[:-1], conv.question,
+    history, prompt = drop_oldest(conv.turns[:-1], conv.question,
                                                lambda h, p: len(h) <= 1)
     assert history == [("<image>\nb?", "2")] and prompt == "c?"
-    with pytest.raises(InputError, match="even without history"):
-        pref_module.trim_history([], "q", lambda h, p: False)
+    with pytest.raises(ValueError, match="even without history"):
+        drop_oldest([], "q", lambda h, p: False)
 
 
 def test_moe_student_records_only_the_policy_pass(shapes_tokenizer: Tokenizer,
@@ -350,7 +345,7 @@ def test_moe_student_records_only_the_policy_pass(shapes_tokenizer: Tokenizer,
     source = obj.data(student, tiny_recipe(shapes_dir).data, stage)
     batch = source.collate(source.items[:4])
     out = obj(student, batch)
-    b = batch.batch
+    b = batch.pairs.batch
     plain = student(b.input_ids, b.attention_mask, b.pixel_values)
     # One record per MoE layer of the student: the reference's routers are not counted.
     assert len(out.records) == len(plain.records) == 1

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tinyvlm.config import (
-    DistillConfig,
     EvalConfig,
+    MimicConfig,
     MoEConfig,
     Recipe,
     StageConfig,
@@ -38,9 +38,9 @@ def teacher_student(data_dir: Path) -> Recipe:
         stage("teacher-sft", "teacher"),
         stage("align", init={"vision": "stage:teacher-sft"}, trainable=["connector"]),
         stage("mimic-dense", objective="mimic",
-              distill={"teacher": "stage:teacher-sft", "kd_weight": 1.0}),
-        stage("upcycle", action="upcycle", moe={"experts": 4, "top_k": 2, "layers": [1]}),
-        stage("mimic-sparse", objective="mimic", distill={"teacher": "stage:teacher-sft"}),
+              mimic={"teacher": "stage:teacher-sft", "kd_weight": 1.0}),
+        stage("upcycle", action="upcycle", upcycle={"experts": 4, "top_k": 2, "layers": [1]}),
+        stage("mimic-sparse", objective="mimic", mimic={"teacher": "stage:teacher-sft"}),
     ]
     recipe.eval = EvalConfig(models={"teacher": "stage:teacher-sft",
                                      "student-mimic-dense": "stage:mimic-dense",
@@ -82,7 +82,7 @@ def test_teacher_and_student_in_one_run(shapes_dir: Path, tmp_path: Path) -> Non
 
 def test_bad_references_are_one_clear_error(shapes_dir: Path) -> None:
     recipe = teacher_student(shapes_dir)
-    recipe.stages[2].distill = DistillConfig(teacher="stage:teacher-sfx")
+    recipe.stages[2].mimic = MimicConfig(teacher="stage:teacher-sfx")
     with pytest.raises(InputError, match="did you mean 'teacher-sft'"):
         check_recipe(recipe)
     recipe = teacher_student(shapes_dir)
@@ -90,54 +90,58 @@ def test_bad_references_are_one_clear_error(shapes_dir: Path) -> None:
     with pytest.raises(InputError, match="did you mean 'teacher'"):
         check_recipe(recipe)
     recipe = teacher_student(shapes_dir)
-    recipe.stages[3].moe = None
-    with pytest.raises(InputError, match="needs a 'moe' section"):
+    recipe.stages[3].upcycle = None
+    with pytest.raises(InputError, match="needs a 'upcycle' section"):
         check_recipe(recipe)
     recipe = teacher_student(shapes_dir)
     recipe.eval.models["x"] = "stage:later"
     with pytest.raises(InputError, match="earlier stage"):
         check_recipe(recipe)
-    recipe.stages[3].moe = MoEConfig()
+    recipe.stages[3].upcycle = MoEConfig()
 
 
 def test_stage_sections_and_reference_kinds_are_checked(shapes_dir: Path) -> None:
     recipe = teacher_student(shapes_dir)
-    recipe.stages[2].distill = None
-    with pytest.raises(InputError, match="objective 'mimic' needs a 'distill' section"):
+    recipe.stages[2].mimic = None
+    with pytest.raises(InputError, match="objective 'mimic' needs a 'mimic' section"):
         check_recipe(recipe)
     recipe = teacher_student(shapes_dir)
     recipe.stages[1].init = {"visoin": "stage:teacher-sft"}
     with pytest.raises(InputError, match="did you mean 'vision'"):
         check_recipe(recipe)
     recipe = teacher_student(shapes_dir)
-    recipe.stages.insert(1, stage("pairs", action="preference_build", pairs={"samples": 2}))
+    recipe.stages.insert(1, stage("pairs", action="build_pairs", build_pairs={"samples": 2}))
     recipe.stages[3].init = {"vision": "stage:pairs"}
     with pytest.raises(InputError, match="must name a stage with a model"):
         check_recipe(recipe)
     recipe = teacher_student(shapes_dir)
     recipe.stages.append(stage("pref", objective="preference",
                                preference={"pairs": "stage:mimic-dense"}))
-    with pytest.raises(InputError, match="must name a preference_build stage"):
+    with pytest.raises(InputError, match="must name a build_pairs stage"):
         check_recipe(recipe)
 
 
 def test_stage_references_resolve_to_paths(shapes_dir: Path, tmp_path: Path) -> None:
-    from tinyvlm.train.pipeline import pairs_file, stage_model_dir, with_resolved_refs
+    from tinyvlm.rundir import RunDir
+    from tinyvlm.train.stages import StageRun, with_resolved_refs
+
+    def resolved_in(stage: StageConfig, root: Path) -> StageConfig:
+        return with_resolved_refs(StageRun(stage, None, recipe, RunDir(root)))  # type: ignore
 
     recipe = teacher_student(shapes_dir)
-    recipe.stages.insert(1, stage("pairs", action="preference_build", pairs={"samples": 2}))
+    recipe.stages.insert(1, stage("pairs", action="build_pairs", build_pairs={"samples": 2}))
     pref = stage("pref", objective="preference",
                  preference={"pairs": "stage:pairs", "teacher": "stage:teacher-sft"})
     recipe.stages.append(pref)
     check_recipe(recipe)
-    teacher_dir = stage_model_dir(tmp_path, recipe.stages[0])
+    teacher_dir = RunDir(tmp_path).stage_model(recipe.stages[0])
     teacher_dir.mkdir(parents=True)
     (teacher_dir / "config.json").write_text("{}")
-    resolved = with_resolved_refs(pref, recipe, tmp_path)
+    resolved = resolved_in(pref, tmp_path)
     assert resolved.preference.teacher == str(teacher_dir)
-    assert resolved.preference.pairs == str(pairs_file(tmp_path, recipe.stages[1]).resolve())
+    assert resolved.preference.pairs == str(RunDir(tmp_path).pairs("pairs").resolve())
     assert pref.preference.pairs == "stage:pairs"  # the recipe's own stage is not changed
     mimic = recipe.stages[3]
-    assert with_resolved_refs(mimic, recipe, tmp_path).distill.teacher == str(teacher_dir)
+    assert resolved_in(mimic, tmp_path).mimic.teacher == str(teacher_dir)
     with pytest.raises(InputError, match="has not finished"):
-        with_resolved_refs(mimic, recipe, tmp_path / "elsewhere")
+        resolved_in(mimic, tmp_path / "elsewhere")

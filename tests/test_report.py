@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tinyvlm.eval.metrics import summarize
 from tinyvlm.eval.report import (
     build_results,
     format_table,
-    humanize_params,
     model_row,
     render_markdown,
     write_report,
 )
+from tinyvlm.eval.scorers.capabilities import summarize
+from tinyvlm.eval.tables import humanize_params
 
 
 def pope(f1: float | None, yes_ratio: float | None) -> dict:

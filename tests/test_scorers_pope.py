@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval import metrics
+from tinyvlm.eval.scorers import capabilities as metrics
 from tinyvlm.eval.scorers import pope
 
 # label, prediction: one case per parsing branch

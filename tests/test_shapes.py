@@ -16,6 +16,7 @@ from PIL import Image
 
 from tinyvlm.data import shapes as sw
 from tinyvlm.errors import InputError
+from tinyvlm.schema import from_dict, to_dict
 
 SPLITS = ("train", "val", "test")
 SMALL = {"num_train": 300, "num_val": 20, "num_test": 80, "pope_images": 20}
@@ -175,7 +176,7 @@ def test_records_layout(data: Path) -> None:
             else:
                 assert len(r["meta"]) == 1
     assert manifest["vocabularies"]["capabilities"] == ["CNT", "OCR", "RLA", "ATTR", "EXIST"]
-    assert manifest["config"] == sw.ShapesWorldConfig(**SMALL).to_dict()
+    assert manifest["config"] == to_dict(sw.ShapesWorldConfig(**SMALL))
 
 
 def test_splits_share_no_image(data: Path) -> None:
@@ -341,12 +342,12 @@ def test_patch_labels_agree_with_pixels() -> None:
 
 def test_config_round_trip_and_errors() -> None:
     config = sw.ShapesWorldConfig(seed=3, num_train=10)
-    assert sw.ShapesWorldConfig.from_dict(config.to_dict()) == config
-    assert sw.ShapesWorldConfig.from_dict({"grid": 4}).grid == 4
+    assert from_dict(sw.ShapesWorldConfig, to_dict(config)) == config
+    assert from_dict(sw.ShapesWorldConfig, {"grid": 4}).grid == 4
     with pytest.raises(InputError, match="did you mean 'num_train'"):
-        sw.ShapesWorldConfig.from_dict({"num_trian": 5})
+        from_dict(sw.ShapesWorldConfig, {"num_trian": 5})
     with pytest.raises(InputError, match="seed"):
-        sw.ShapesWorldConfig.from_dict({"seed": "1"})
+        from_dict(sw.ShapesWorldConfig, {"seed": "1"})
     for bad in ({"grid": 1}, {"min_objects": 4, "max_objects": 3}, {"image_size": 62}):
         with pytest.raises(InputError):
             sw.ShapesWorldConfig(**bad)

@@ -9,7 +9,9 @@ from tinyvlm.config import StageConfig
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM
-from tinyvlm.train.loop import BatchSampler, Checkpoints, lr_lambda, train_stage
+from tinyvlm.rundir import RunDir
+from tinyvlm.train.checkpoints import Checkpoints
+from tinyvlm.train.loop import BatchSampler, lr_lambda, train_stage
 from tinyvlm.train.objectives import SFT, build_objective, token_cross_entropy
 from tinyvlm.train.pipeline import run_recipe
 
@@ -102,8 +104,8 @@ def test_gradient_accumulation_matches_a_big_batch(shapes_tokenizer: Tokenizer,
     model.zero_grad()
     halves = [obj(model, src.collate(items[:4])), obj(model, src.collate(items[4:]))]
     for h in halves:
-        h.loss.mul(h.weight).backward()
-    total = sum(h.weight for h in halves)
+        h.loss.mul(h.units).backward()
+    total = sum(h.units for h in halves)
     g_acc = [p.grad / total for p in model.parameters() if p.grad is not None]
     for a, b in zip(g_whole, g_acc, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
@@ -152,7 +154,7 @@ def test_run_recipe_writes_model_metrics_and_checkpoints(shapes_dir: Path, tmp_p
     model = run_recipe(recipe, tmp_path, progress=False)
     assert (tmp_path / "model" / "config.json").is_file()
     assert (tmp_path / "recipe.yaml").is_file() and (tmp_path / "tokenizer.json").is_file()
-    assert Checkpoints(tmp_path / "checkpoints" / "sft", 2).steps() == [3]
+    assert Checkpoints(RunDir(tmp_path), "sft", 2).steps() == [3]
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3 and {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(
         json.loads(rows[0]))
@@ -163,16 +165,16 @@ def test_run_recipe_writes_model_metrics_and_checkpoints(shapes_dir: Path, tmp_p
 
 
 def test_prepare_data_reuses_only_a_complete_matching_dataset(tmp_path: Path) -> None:
-    from tinyvlm.config import DataConfig
+    from tinyvlm.config import DataConfig, ShapesWorldConfig
     from tinyvlm.train.pipeline import prepare_data
 
     settings = {"image_size": 32, "num_train": 4, "num_val": 1, "num_test": 2, "pope_images": 1}
-    config = DataConfig(path=str(tmp_path / "d"), shapes=settings)
+    config = DataConfig(path=str(tmp_path / "d"), shapes=ShapesWorldConfig(**settings))
     root = prepare_data(config, progress=False)
     stamp = (root / "train.json").stat().st_mtime_ns
     prepare_data(config, progress=False)
     assert (root / "train.json").stat().st_mtime_ns == stamp  # reused
-    config.shapes = {**settings, "seed": 5}
+    config.shapes = ShapesWorldConfig(**settings, seed=5)
     prepare_data(config, progress=False)
     assert (root / "train.json").stat().st_mtime_ns != stamp  # other settings: regenerated
     with pytest.raises(InputError, match="no training file"):
@@ -199,4 +201,4 @@ def test_a_fresh_start_forgets_an_earlier_runs_checkpoints(shapes_tokenizer: Tok
                                                            tmp_path: Path) -> None:
     run(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=6))
     run(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=3))
-    assert Checkpoints(tmp_path / "checkpoints" / "sft", 2).steps() == [3]
+    assert Checkpoints(RunDir(tmp_path), "sft", 2).steps() == [3]

@@ -6,6 +6,10 @@ is reproducible byte for byte and never depends on global random state. Question
 capabilities counting (CNT), reading (OCR), spatial relations (RLA), attributes (ATTR) and
 existence (EXIST); the test split also yields POPE probes with random, popular and adversarial
 negatives, which differ because colours and shapes follow skewed priors and scene themes.
+
+One domain in one file (vocabularies, scenes, pixels, patch labels, questions, POPE probes,
+files), longer than the house's ~400 lines: its parts share the vocabularies and priors and
+are read together; the generator's settings are `config.ShapesWorldConfig`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tinyvlm.config import ShapesWorldConfig
+from tinyvlm.data.conversation import IMAGE
+from tinyvlm.data.pope import SPLITS as POPE_SAMPLINGS
 from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_path, write_json, write_jsonl
+from tinyvlm.schema import to_dict
 
 CAPABILITIES = ("CNT", "OCR", "RLA", "ATTR", "EXIST")
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -34,7 +42,6 @@ SIZES = ("small", "large")
 WORDS = ("cat", "dog", "sun", "box", "pen", "cup", "frog", "bird", "fish", "tree", "boat", "lamp")
 RELATIONS = ("left of", "right of", "above", "below")
 SPLITS = ("train", "val", "test")
-POPE_SAMPLINGS = ("random", "popular", "adversarial")
 CATEGORIES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # POPE's 24 object categories
 
 COLOUR_RGB = {
@@ -61,7 +68,8 @@ THEMES = (
     (("green", "circle"), ("blue", "diamond")),
 )
 
-TEMPLATES: dict[str, tuple[str, ...]] = {
+# Question kind -> the capabilities it tests.
+QUESTION_KINDS: dict[str, tuple[str, ...]] = {
     "count_all": ("CNT",),
     "count_shape": ("CNT", "ATTR"),
     "count_colour": ("CNT", "ATTR"),
@@ -76,73 +84,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "count_rel": ("CNT", "RLA", "ATTR"),
     "exist_rel": ("EXIST", "RLA"),
 }
-IMAGE_TOKEN = "<image>"
-
-
-@dataclass
-class ShapesWorldConfig:
-    """Every knob of the generator; the defaults make the built-in demo dataset."""
-
-    image_size: int = 64
-    grid: int = 4  # cells per side; cell = image_size // grid
-    min_objects: int = 2
-    max_objects: int = 5
-    num_train: int = 3000
-    num_val: int = 200
-    num_test: int = 500
-    pope_images: int = 200
-    seed: int = 0
-    theme_prob: float = 0.5  # chance that an object is drawn from its scene's theme pair
-    font_size: int = 0  # 0: the largest size up to 3/4 of a cell at which every word fits
-    # Where `<image>` stands in a question record: before the question (LLaVA's habit) or
-    # after it, so that a causal model reads the image already knowing what is asked.
-    question_first: bool = False
-    # Training records: "conversation" (all questions of an image in one multi-turn record)
-    # or "single" (one record per question, like val and test).
-    train_layout: str = "conversation"
-
-    def __post_init__(self) -> None:
-        cell = self.image_size // max(self.grid, 1)
-        problems = [
-            (self.grid < 2, "grid must be at least 2 (the word spans 2 cells)"),
-            (self.image_size % max(self.grid, 1) != 0, "image_size must be a multiple of grid"),
-            (cell < 8, "cells must be at least 8 px (image_size // grid)"),
-            (self.min_objects < 1, "min_objects must be at least 1"),
-            (self.max_objects < self.min_objects, "max_objects must be >= min_objects"),
-            (self.max_objects > self.grid**2 - 2, "max_objects must leave 2 cells for the word"),
-            (
-                min(self.num_train, self.num_val, self.num_test, self.pope_images) < 0,
-                "counts must be >= 0",
-            ),
-            (not 0 <= self.theme_prob <= 1, "theme_prob must be in [0, 1]"),
-            (self.font_size < 0, "font_size must be >= 0"),
-            (self.train_layout not in ("conversation", "single"),
-             "train_layout must be 'conversation' or 'single'"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise InputError(f"ShapesWorld config: {message}")
-
-    @property
-    def cell(self) -> int:
-        return self.image_size // self.grid
-
-    def object_px(self, size: str) -> int:
-        """Side of an object's box: odd (so shapes have a centre pixel), 2+ px inside its cell."""
-        px = self.cell * (13 if size == "large" else 7) // 16
-        return px if px % 2 else px - 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(
-        cls, data: dict[str, Any], source: str | Path | None = None, key: str = "shapes"
-    ) -> ShapesWorldConfig:
-        """Build from a (partial) dict; unknown keys are errors naming the closest valid key."""
-        from tinyvlm.config import from_dict  # the one checker of config dicts
-
-        return from_dict(cls, data, source, key=key)
+TEMPLATES = QUESTION_KINDS  # the earlier name
 
 
 @dataclass
@@ -338,7 +280,7 @@ def _count(rng: random.Random, options: Sequence[tuple[str, int]]) -> tuple[str,
 
 
 def questions(scene: Scene, rng: random.Random) -> list[Question]:
-    """One question per applicable template, in TEMPLATES order; answers are one lowercase word
+    """One question per applicable template, in QUESTION_KINDS order; answers are one lowercase word
     or a digit. Referring expressions are unique in the scene; yes/no answers are balanced."""
     objs, w = scene.objects, scene.word
     cats = Counter(o.category for o in objs)
@@ -394,8 +336,8 @@ def questions(scene: Scene, rng: random.Random) -> list[Question]:
     ]
     out["exist_rel"] = _balanced(rng, probes)
     return [
-        Question(*qa, kind, list(TEMPLATES[kind]))
-        for kind in TEMPLATES
+        Question(*qa, kind, list(QUESTION_KINDS[kind]))
+        for kind in QUESTION_KINDS
         if (qa := out.get(kind)) is not None
     ]
 
@@ -474,7 +416,7 @@ def _record(
         if k:
             prompt = q.text
         else:
-            prompt = f"{q.text}\n{IMAGE_TOKEN}" if question_first else f"{IMAGE_TOKEN}\n{q.text}"
+            prompt = f"{q.text}\n{IMAGE}" if question_first else f"{IMAGE}\n{q.text}"
         turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": q.answer}]
     meta = [{"type": q.type, "capabilities": list(q.capabilities), **(extra or {})} for q in qa]
     return {"id": rid, "image": image, "conversations": turns, "meta": meta}
@@ -517,63 +459,14 @@ def write_dataset(out_dir: str | Path, config: ShapesWorldConfig | None = None) 
     scenes: dict[str, list[Scene]] = {}
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        split_scenes, records, lines = [], [], []
-        for index in range(1, getattr(config, f"num_{split}") + 1):
-            scene, image, rng = _scene(config, split, index, seen)
-            path = f"images/{split}/{index:06d}.png"
-            with atomic_path(out / path) as tmp:
-                image.save(tmp, format="PNG")
-            qa = questions(scene, rng)
-            qf = config.question_first
-            if split == "train" and config.train_layout == "conversation":
-                rng.shuffle(qa)
-                records.append(_record(f"train-{index:06d}", path, qa, question_first=qf))
-            else:
-                records += [
-                    _record(f"{split}-{index:06d}-{k:02d}", path, [q], question_first=qf)
-                    for k, q in enumerate(qa, 1)
-                ]
-            split_scenes.append(scene)
-            lines.append(scene.to_dict(path))
-        write_json(out / f"{split}.json", records)
-        write_jsonl(out / f"{split}_scenes.jsonl", lines)
-        scenes[split] = split_scenes
-        questions_n = sum(len(r["meta"]) for r in records)
-        counts[split] = {
-            "images": len(split_scenes),
-            "records": len(records),
-            "questions": questions_n,
-        }
-
+        scenes[split], counts[split] = _write_split(out, config, split, seen)
     probes = pope_probes(scenes["train"], scenes["test"], config.pope_images, config.seed)
-    pope_records = []
-    for kind in POPE_SAMPLINGS:
-        rows = []
-        for index, by_kind in probes:
-            image = f"images/test/{index + 1:06d}.png"
-            for k, (category, label) in enumerate(by_kind[kind], 1):
-                text = f"is there a {category} in the image?"
-                q = Question(text, label, "pope", ["EXIST"])
-                pope_records.append(
-                    _record(
-                        f"pope-{kind}-{index + 1:06d}-{k}",
-                        image,
-                        [q],
-                        {"pope": kind},
-                        question_first=config.question_first,
-                    )
-                )
-                rows.append(
-                    {"question_id": len(rows) + 1, "image": image, "text": text, "label": label}
-                )
-        write_jsonl(out / f"pope_{kind}.jsonl", rows)
-    write_json(out / "pope.json", pope_records)
+    _write_pope(out, config, probes)
     counts["pope"] = {"images": len(probes), "probes_per_sampling": 6 * len(probes)}
-
     manifest = {
         "name": "shapesworld",
         "version": 1,
-        "config": config.to_dict(),
+        "config": to_dict(config),
         "counts": counts,
         "vocabularies": {
             "shapes": list(SHAPES),
@@ -584,7 +477,55 @@ def write_dataset(out_dir: str | Path, config: ShapesWorldConfig | None = None) 
             "categories": list(CATEGORIES),
             "answers": answer_vocabulary(config),
         },
-        "templates": {k: list(v) for k, v in TEMPLATES.items()},
+        "templates": {k: list(v) for k, v in QUESTION_KINDS.items()},
     }
     write_json(out / "dataset.json", manifest)
     return manifest
+
+
+def _write_split(out: Path, config: ShapesWorldConfig, split: str, seen: set[bytes]
+                 ) -> tuple[list[Scene], dict[str, int]]:
+    """One split's images, {split}.json and {split}_scenes.jsonl; its scenes and counts."""
+    split_scenes, records, lines = [], [], []
+    for index in range(1, getattr(config, f"num_{split}") + 1):
+        scene, image, rng = _scene(config, split, index, seen)
+        path = f"images/{split}/{index:06d}.png"
+        with atomic_path(out / path) as tmp:
+            image.save(tmp, format="PNG")
+        qa = questions(scene, rng)
+        qf = config.question_first
+        if split == "train" and config.train_layout == "conversation":
+            rng.shuffle(qa)
+            records.append(_record(f"train-{index:06d}", path, qa, question_first=qf))
+        else:
+            records += [
+                _record(f"{split}-{index:06d}-{k:02d}", path, [q], question_first=qf)
+                for k, q in enumerate(qa, 1)
+            ]
+        split_scenes.append(scene)
+        lines.append(scene.to_dict(path))
+    write_json(out / f"{split}.json", records)
+    write_jsonl(out / f"{split}_scenes.jsonl", lines)
+    counts = {"images": len(split_scenes), "records": len(records),
+              "questions": sum(len(r["meta"]) for r in records)}
+    return split_scenes, counts
+
+
+def _write_pope(out: Path, config: ShapesWorldConfig,
+                probes: list[tuple[int, dict[str, list[tuple[str, str]]]]]) -> None:
+    """pope_{sampling}.jsonl in the official layout and pope.json as LLaVA records."""
+    pope_records = []
+    for kind in POPE_SAMPLINGS:
+        rows = []
+        for index, by_kind in probes:
+            image = f"images/test/{index + 1:06d}.png"
+            for k, (category, label) in enumerate(by_kind[kind], 1):
+                text = f"is there a {category} in the image?"
+                q = Question(text, label, "pope", ["EXIST"])
+                pope_records.append(_record(f"pope-{kind}-{index + 1:06d}-{k}", image, [q],
+                                            {"pope": kind}, config.question_first))
+                rows.append(
+                    {"question_id": len(rows) + 1, "image": image, "text": text, "label": label}
+                )
+        write_jsonl(out / f"pope_{kind}.jsonl", rows)
+    write_json(out / "pope.json", pope_records)

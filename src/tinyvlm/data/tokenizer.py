@@ -1,4 +1,4 @@
-"""Tokenizer (trained with the `tokenizers` library) and the chat template around it."""
+"""Tokenizer (trained with the `tokenizers` library) and the chat format around it."""
 
 from __future__ import annotations
 
@@ -8,19 +8,18 @@ from pathlib import Path
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from tinyvlm.config import ChatTemplate, TokenizerConfig
+from tinyvlm.config import ChatFormat, TokenizerConfig
+from tinyvlm.data.conversation import Turn
 from tinyvlm.errors import InputError
 from tinyvlm.io import write_text
-
-Turn = tuple[str, str]  # (user message, assistant answer)
 
 
 class Tokenizer:
     """Text <-> ids, plus the chat layout used by training, evaluation and chat alike."""
 
-    def __init__(self, backend: Backend, chat: ChatTemplate | None = None):
+    def __init__(self, backend: Backend, chat: ChatFormat | None = None):
         self.backend = backend
-        self.chat = chat or ChatTemplate()
+        self.chat = chat or ChatFormat()
         missing = [t for t in self.chat.special_tokens if backend.token_to_id(t) is None]
         if missing:
             raise ValueError(f"tokenizer lacks the chat template's special tokens {missing}")
@@ -34,8 +33,8 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig | None = None,
-              chat: ChatTemplate | None = None) -> Tokenizer:
-        config, chat = config or TokenizerConfig(), chat or ChatTemplate()
+              chat: ChatFormat | None = None) -> Tokenizer:
+        config, chat = config or TokenizerConfig(), chat or ChatFormat()
         specials = chat.special_tokens
         norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if config.lowercase else [])
         trainer: trainers.Trainer
@@ -62,7 +61,7 @@ class Tokenizer:
         return cls(backend, chat)
 
     @classmethod
-    def load(cls, path: str | Path, chat: ChatTemplate | None = None) -> Tokenizer:
+    def load(cls, path: str | Path, chat: ChatFormat | None = None) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise InputError("tokenizer file not found", path)

@@ -1,25 +1,39 @@
-"""Connectors map vision features into the language model's embedding space.
+"""Connectors condition the language model on what the vision encoder saw.
 
-Every connector takes a VisionOutput and returns (images, tokens, lm_dim) features, and says
-how many tokens it yields per image; other kinds (token pruning, perceptual weights) register
-here behind the same interface.
+A connector takes a VisionOutput and returns a VisualConditioning: visual tokens written where
+the image tokens stand (`num_tokens` per image; today's MLP projector), and/or per-image
+low-rank deltas of named language-model projections (perceptual weights). Each kind registers
+in CONNECTORS and reports its own parameters, FLOPs and tokens per image from a config, so
+the cost tables need no second registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
-from tinyvlm.config import ConnectorConfig, LanguageConfig, VisionConfig
+from tinyvlm.config import ConnectorConfig, LanguageConfig, ModelConfig, VisionConfig
+from tinyvlm.models.context import VisualConditioning
 from tinyvlm.models.layers import init_weights
 from tinyvlm.models.vision import VisionOutput
 
 
-class Connector(nn.Module):
-    num_tokens: int
+@dataclass(frozen=True)
+class ConnectorCost:
+    params: int
+    flops_per_image: int  # 2 per multiply-accumulate
+    tokens_per_image: int  # visual tokens it puts in the language model's sequence
 
-    def forward(self, vision: VisionOutput) -> Tensor:  # pragma: no cover - interface
+
+class Connector(nn.Module):
+    num_tokens: int  # visual tokens per image in the language model's sequence
+
+    def forward(self, vision: VisionOutput) -> VisualConditioning:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def cost(cls, config: ModelConfig) -> ConnectorCost:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -35,17 +49,29 @@ class MLPProjector(Connector):
         self.num_tokens = vision.num_patches
         init_weights(self)
 
-    def forward(self, vision: VisionOutput) -> Tensor:
-        return self.fc2(self.act(self.fc1(vision.patches)))
+    def forward(self, vision: VisionOutput) -> VisualConditioning:
+        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(vision.patches))))
+
+    @classmethod
+    def cost(cls, config: ModelConfig) -> ConnectorCost:
+        hidden = config.connector.hidden_dim or config.language.dim
+        dv, dl = config.vision.dim, config.language.dim
+        tokens = config.vision.num_patches
+        return ConnectorCost(dv * hidden + hidden + hidden * dl + dl,
+                             tokens * 2 * (dv * hidden + hidden * dl), tokens)
 
 
-CONNECTORS: dict[str, Callable[[ConnectorConfig, VisionConfig, LanguageConfig], Connector]] = {
+CONNECTORS: dict[str, type[Connector]] = {
     "mlp": MLPProjector,
 }
 
 
+def connector_class(kind: str) -> type[Connector]:
+    if kind not in CONNECTORS:
+        raise ValueError(f"unknown connector kind {kind!r}; known: {sorted(CONNECTORS)}")
+    return CONNECTORS[kind]
+
+
 def build_connector(config: ConnectorConfig, vision: VisionConfig,
                     language: LanguageConfig) -> Connector:
-    if config.kind not in CONNECTORS:
-        raise ValueError(f"unknown connector kind {config.kind!r}; known: {sorted(CONNECTORS)}")
-    return CONNECTORS[config.kind](config, vision, language)
+    return connector_class(config.kind)(config, vision, language)  # type: ignore[call-arg]

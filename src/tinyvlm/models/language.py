@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvlm.config import LanguageConfig
+from tinyvlm.models.context import ForwardContext, with_delta
 from tinyvlm.models.layers import (
-    ForwardContext,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
@@ -66,13 +66,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
         self.o_proj = nn.Linear(config.heads * config.head_dim, config.dim, bias=False)
         self.dropout = config.dropout
+        self.names = {p: f"language.{layer}.{p}" for p in ("q_proj", "k_proj", "v_proj",
+                                                           "o_proj")}
+
+    def _project(self, name: str, x: Tensor, ctx: ForwardContext | None) -> Tensor:
+        return with_delta(ctx, self.names[name], x, getattr(self, name)(x))
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
-                causal: bool, cache: KVCache | None) -> Tensor:
+                causal: bool, cache: KVCache | None, ctx: ForwardContext | None = None
+                ) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = self._project("q_proj", x, ctx).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self._project("k_proj", x, ctx).view(b, t, self.kv_heads, self.head_dim)
+        v = self._project("v_proj", x, ctx).view(b, t, self.kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
@@ -81,7 +88,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.kv_heads != self.heads,
         )
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return self._project("o_proj", out.transpose(1, 2).reshape(b, t, -1), ctx)
 
 
 class DecoderBlock(nn.Module):
@@ -98,11 +105,14 @@ class DecoderBlock(nn.Module):
                            residual_depth=config.depth)
         else:
             self.ffn = SwiGLU(config.dim, config.hidden_ffn_dim)
+        self.ffn_name = f"language.{layer}.ffn"
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, causal: bool,
                 cache: KVCache | None, ctx: ForwardContext) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask, causal, cache)
-        return x + self.ffn(self.ffn_norm(x), ctx)
+        x = x + self.attn(self.attn_norm(x), rope, mask, causal, cache, ctx)
+        h = self.ffn_norm(x)
+        # A connector's FFN delta maps the FFN's input to its output (VLoRA's "m" type).
+        return x + with_delta(ctx, self.ffn_name, h, self.ffn(h, ctx))
 
 
 def attention_mask_for(

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass
-class ForwardContext:
-    """What a block may need beyond its hidden states, passed down explicitly.
-
-    token_mask marks real tokens (False for padding), so routed layers can skip padding;
-    records collects per-layer statistics (router loads, auxiliary losses) that a layer
-    produces, so the caller receives them as typed data instead of extra return values;
-    task_ids (B,) selects the routing of task-conditioned MoE layers.
-    """
-
-    token_mask: Tensor | None = None
-    records: list[Any] = field(default_factory=list)
-    task_ids: Tensor | None = None
-
-    def derive(self, token_mask: Tensor | None) -> ForwardContext:
-        """The same context for another token layout (the vision encoder's patches, the new
-        tokens of a cached decoding step): shares records and task ids."""
-        return ForwardContext(token_mask=token_mask, records=self.records, task_ids=self.task_ids)
+from tinyvlm.models.context import ForwardContext
 
 
 class RMSNorm(nn.Module):

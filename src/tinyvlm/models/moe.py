@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvlm.config import MoEConfig
-from tinyvlm.models.layers import ForwardContext, SwiGLU
+from tinyvlm.models.context import ForwardContext
+from tinyvlm.models.layers import SwiGLU
 
 ROUTING_MODES = ("dropless", "capacity")
 TASK_ROUTING = ("none", "embedding", "multi_gate")

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvlm.config import VisionConfig
-from tinyvlm.models.layers import GELUMLP, ForwardContext, init_weights, scale_residual_init
+from tinyvlm.models.context import ForwardContext
+from tinyvlm.models.layers import GELUMLP, init_weights, scale_residual_init
 from tinyvlm.models.moe import MoE
 
 

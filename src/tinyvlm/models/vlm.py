@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tinyvlm.config import ModelConfig, check_model, from_dict, to_dict
+from tinyvlm.config import MODEL_MODULES, ModelConfig, check_model
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_dir, read_json, write_json, write_text
 from tinyvlm.models.connectors import build_connector
+from tinyvlm.models.context import ForwardContext, VisualConditioning
 from tinyvlm.models.language import KVCache, LanguageModel
-from tinyvlm.models.layers import ForwardContext
 from tinyvlm.models.vision import VisionEncoder, VisionOutput
+from tinyvlm.schema import from_dict, to_dict
 
 FORMAT_VERSION = 1
 
@@ -28,6 +30,9 @@ class VLMOutput:
     hidden: Tensor  # (B, T, dim): the language model's final hidden states
     vision: VisionOutput | None = None
     records: list[Any] = field(default_factory=list)  # per-layer statistics (routers, ...)
+
+
+StepCallback = Callable[[Tensor], "Tensor | None"]
 
 
 class TinyVLM(nn.Module):
@@ -56,7 +61,7 @@ class TinyVLM(nn.Module):
     # ---------------------------------------------------------------- forward
 
     def encode_images(self, pixel_values: Tensor, ctx: ForwardContext | None = None
-                      ) -> tuple[Tensor, VisionOutput]:
+                      ) -> tuple[VisualConditioning, VisionOutput]:
         vision = self.vision(pixel_values, ctx)
         return self.connector(vision), vision
 
@@ -75,27 +80,39 @@ class TinyVLM(nn.Module):
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats)
         return embeds
 
+    def condition(self, input_ids: Tensor, pixel_values: Tensor | None,
+                  image_rows: Tensor | None, ctx: ForwardContext,
+                  conditioning: VisualConditioning | None = None
+                  ) -> tuple[Tensor, VisionOutput | None]:
+        """The input embeddings, with the images' conditioning taken into `ctx` (its weight
+        deltas stay there for every later call with the same context)."""
+        vision = None
+        if conditioning is None and pixel_values is not None:
+            conditioning, vision = self.encode_images(pixel_values, ctx)
+        ctx.condition(conditioning, image_rows)
+        tokens = conditioning.tokens if conditioning is not None else None
+        return self.embed(input_ids, tokens), vision
+
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         pixel_values: Tensor | None = None,
         position_ids: Tensor | None = None,
-        image_features: Tensor | None = None,
+        conditioning: VisualConditioning | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         task_ids: Tensor | None = None,
+        image_rows: Tensor | None = None,
     ) -> VLMOutput:
         """Logits for `input_ids` (B, T). attention_mask marks real tokens (left or right
-        padding); logits_to_keep > 0 computes only the last positions' logits."""
+        padding); image_rows (images,) is the row of each image (needed by connectors with
+        weight deltas); logits_to_keep > 0 computes only the last positions' logits."""
         # Each tower derives its own token mask; the context carries records and task ids.
         ctx = ForwardContext(task_ids=task_ids)
-        vision = None
-        if image_features is None and pixel_values is not None:
-            image_features, vision = self.encode_images(pixel_values, ctx)
-        embeds = self.embed(input_ids, image_features)
+        embeds, vision = self.condition(input_ids, pixel_values, image_rows, ctx, conditioning)
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, input_ids.shape)
+            position_ids = positions_from_mask(attention_mask, input_ids.shape, input_ids.device)
         hidden = self.language(embeds, position_ids, attention_mask, cache, ctx)
         head_in = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         return VLMOutput(self.language.lm_head(head_in), hidden, vision, ctx.records)
@@ -113,11 +130,16 @@ class TinyVLM(nn.Module):
         top_p: float = 1.0,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        image_rows: Tensor | None = None,
+        on_step: StepCallback | None = None,
     ) -> Tensor:
         """New tokens (B, <= max_new_tokens) for a left-padded batch; pad after each row's EOS.
 
         temperature 0 is greedy decoding. Without the cache every step recomputes the whole
-        sequence: slower, and the reference the cached path must match.
+        sequence: slower, and the reference the cached path must match. The forward context
+        (and so a connector's weight deltas) is built once and kept for every step.
+        on_step(tokens) sees each step's new tokens (B,) and may return a (B,) bool tensor of
+        rows to stop (a stop string was produced); their token of this step is kept.
         """
         b, t = input_ids.shape
         if attention_mask is None:
@@ -127,22 +149,22 @@ class TinyVLM(nn.Module):
         if t + max_new_tokens > self.config.language.max_seq_len:
             raise ValueError(f"{t} prompt tokens + {max_new_tokens} new tokens exceed "
                              f"max_seq_len {self.config.language.max_seq_len}")
-        eos, pad = self.config.eos_token_id, self.config.pad_token_id
-        image_features = None
-        if pixel_values is not None:
-            image_features, _ = self.encode_images(pixel_values)
-        embeds = self.embed(input_ids, image_features)
-        positions = positions_from_mask(attention_mask, input_ids.shape)
+        ctx = ForwardContext()
+        embeds, _ = self.condition(input_ids, pixel_values, image_rows, ctx)
+        positions = positions_from_mask(attention_mask, input_ids.shape, input_ids.device)
         cache = KVCache(self.config.language, b, t + max_new_tokens) if use_cache else None
-        hidden = self.language(embeds, positions, attention_mask, cache)
+        hidden = self.language(embeds, positions, attention_mask, cache, ctx)
+        eos, pad = self.config.eos_token_id, self.config.pad_token_id
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
         for step in range(max_new_tokens):
-            logits = self.language.lm_head(hidden[:, -1]).float()
-            token = sample(logits, temperature, top_p, generator)
-            token = token.masked_fill(finished, pad)
+            ctx.records.clear()  # router statistics are not kept while generating
+            token = sample(self.language.lm_head(hidden[:, -1]).float(), temperature, top_p,
+                           generator).masked_fill(finished, pad)
             new_tokens.append(token)
             finished |= token == eos
+            if on_step is not None and (stop := on_step(token)) is not None:
+                finished |= stop.to(finished.device)
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
@@ -150,11 +172,11 @@ class TinyVLM(nn.Module):
             next_embed = self.language.embed(token[:, None])
             if cache is not None:
                 positions = next_pos
-                hidden = self.language(next_embed, positions, attention_mask, cache)
             else:
                 embeds = torch.cat([embeds, next_embed], dim=1)
                 positions = torch.cat([positions, next_pos], dim=1)
-                hidden = self.language(embeds, positions, attention_mask)
+            hidden = self.language(next_embed if cache is not None else embeds, positions,
+                                   attention_mask, cache, ctx)
         return torch.stack(new_tokens, dim=1)
 
     # ---------------------------------------------------------------- files
@@ -227,6 +249,11 @@ class TinyVLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def parameters_by_module(self) -> dict[str, int]:
+        """Parameters of the vision encoder, the connector and the language model."""
+        return {name: sum(p.numel() for p in getattr(self, name).parameters())
+                for name in MODEL_MODULES}
+
     def model_card(self) -> str:
         c = self.config
         return (
@@ -244,10 +271,11 @@ class TinyVLM(nn.Module):
         )
 
 
-def positions_from_mask(attention_mask: Tensor | None, shape: torch.Size) -> Tensor:
+def positions_from_mask(attention_mask: Tensor | None, shape: torch.Size,
+                        device: torch.device | None = None) -> Tensor:
     """Position ids that skip left padding, so a padded row matches the same row unpadded."""
     if attention_mask is None:
-        return torch.arange(shape[1]).expand(shape[0], -1)
+        return torch.arange(shape[1], device=device).expand(shape[0], -1)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 

@@ -1,32 +1,33 @@
 """The one training loop: every stage of every recipe runs through `train_stage`.
 
 AdamW with a warmup + cosine schedule, gradient clipping and accumulation, fp32 or bf16
-autocast, seeded sampling, atomic checkpoints and bit-exact resume.
+autocast, seeded sampling, atomic checkpoints and bit-exact resume. The model and the
+objective are stepped as one module (`TrainStep`), and everything that depends on the device
+or the process comes from a `Runtime`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from tinyvlm.config import StageConfig, to_dict
+from tinyvlm.config import MODEL_MODULES, StageConfig
 from tinyvlm.errors import InputError, closest
-from tinyvlm.io import atomic_dir, read_jsonl, write_jsonl
 from tinyvlm.models.moe import router_losses
 from tinyvlm.models.vlm import TinyVLM
-from tinyvlm.train.objectives import DataSource, Objective
-
-MODULES = ("vision", "connector", "language")
+from tinyvlm.rundir import RunDir
+from tinyvlm.schema import to_dict
+from tinyvlm.train.checkpoints import Checkpoints
+from tinyvlm.train.objectives import LossOutput, Objective, TrainData
+from tinyvlm.train.runtime import PRECISIONS, Runtime
 
 
 class BatchSampler:
@@ -65,16 +66,24 @@ def lr_lambda(stage: StageConfig) -> Any:
     return f
 
 
+def check_modules(stage: StageConfig) -> None:
+    """The modules a stage trains or rescales exist, and its precision is known."""
+    for name in [*stage.trainable, *stage.lr_scale]:
+        if name not in MODEL_MODULES:
+            raise InputError(f"stage '{stage.name}': unknown module '{name}'"
+                             f"{closest(name, MODEL_MODULES)}; modules: "
+                             f"{', '.join(MODEL_MODULES)}")
+    if stage.precision not in PRECISIONS:
+        raise InputError(f"stage '{stage.name}': precision must be fp32 or bf16")
+
+
 def configure_trainable(model: TinyVLM, objective: Objective, stage: StageConfig
                         ) -> list[dict[str, Any]]:
     """Freeze everything but the stage's modules; AdamW groups with per-module lr scales.
 
     Weight decay applies to matrices only: decaying norms, biases and positions hurts.
     """
-    for name in [*stage.trainable, *stage.lr_scale]:
-        if name not in MODULES:
-            raise InputError(f"stage '{stage.name}': unknown module '{name}'"
-                             f"{closest(name, MODULES)}; modules: {', '.join(MODULES)}")
+    check_modules(stage)
     model.requires_grad_(False)
     groups = []
     named = [(m, getattr(model, m)) for m in stage.trainable] + [("objective", objective)]
@@ -95,111 +104,104 @@ def configure_trainable(model: TinyVLM, objective: Objective, stage: StageConfig
     return [g for g in groups if g["params"]]
 
 
-class Checkpoints:
-    """`<dir>/step-000100/` holds model/ (a model directory) and trainer.pt."""
+class TrainStep(nn.Module):
+    """The model and the objective as one module: a data-parallel wrapper around it sees
+    every parameter that trains, the objective's heads included."""
 
-    def __init__(self, directory: Path, keep: int):
-        self.dir, self.keep = directory, keep
+    def __init__(self, model: TinyVLM, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
 
-    def steps(self) -> list[int]:
-        if not self.dir.is_dir():
-            return []
-        found = (re.fullmatch(r"step-(\d+)", p.name) for p in self.dir.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
-
-    def path(self, step: int) -> Path:
-        return self.dir / f"step-{step:06d}"
-
-    def save(self, step: int, model: TinyVLM, state: dict[str, Any]) -> Path:
-        with atomic_dir(self.path(step)) as tmp:
-            model.save_pretrained(tmp / "model")
-            torch.save(state, tmp / "trainer.pt")
-        old = [s for s in self.steps() if s != step]
-        for s in old[: max(0, len(old) - (self.keep - 1))] if self.keep > 0 else []:
-            shutil.rmtree(self.path(s), ignore_errors=True)
-        return self.path(step)
-
-    def load(self, step: int, model: TinyVLM) -> dict[str, Any]:
-        path = self.path(step)
-        model.load_tensors(load_file(str(path / "model" / "model.safetensors")), path)
-        return torch.load(path / "trainer.pt", weights_only=True)
+    def forward(self, batch: Any) -> LossOutput:
+        return self.objective(self.model, batch)
 
 
-def train_stage(
-    model: TinyVLM,
-    stage: StageConfig,
-    objective: Objective,
-    source: DataSource,
-    run_dir: str | Path,
-    resume: bool = False,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Run one stage for `stage.steps` optimizer steps; return its logged metrics."""
-    run_dir = Path(run_dir)
-    ckpts = Checkpoints(run_dir / "checkpoints" / stage.name, stage.keep_checkpoints)
-    metrics_file = run_dir / "metrics.jsonl"
-    torch.manual_seed(stage.seed)
-    groups = configure_trainable(model, objective, stage)
-    optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=tuple(stage.betas))
-    schedule = lr_lambda(stage)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    sampler = BatchSampler(len(source.items), stage.batch_size, stage.seed)
-    params = [p for g in groups for p in g["params"]]
+@dataclass
+class _Trainer:
+    """One stage's optimisation state and the pieces a step needs."""
 
-    start = 0
-    if resume and ckpts.steps():
-        start = ckpts.steps()[-1]
-        state = ckpts.load(start, model)
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        _truncate_metrics(metrics_file, stage.name, start)
-    elif not resume:
-        # A fresh start: checkpoints of an earlier run of this stage must not survive to be
-        # mistaken for this run's on a later resume.
-        shutil.rmtree(ckpts.dir, ignore_errors=True)
-        _truncate_metrics(metrics_file, stage.name, 0)
+    stage: StageConfig
+    step_module: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    params: list[nn.Parameter]
+    runtime: Runtime
 
-    def trainer_state(step: int) -> dict[str, Any]:
-        return {"step": step, "stage": to_dict(stage), "objective": objective.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}
+    def state(self, step: int) -> dict[str, Any]:
+        return {"step": step, "stage": to_dict(self.stage),
+                "objective": self.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), **self.runtime.rng_state()}
 
-    model.train()
-    objective.train()
-    logged: list[dict[str, Any]] = []
-    window = _Window()
-    bar = tqdm(total=stage.steps, initial=start, desc=stage.name, unit="step",
-               disable=not progress, dynamic_ncols=True, leave=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=stage.precision == "bf16")
-    if stage.precision not in ("fp32", "bf16"):
-        raise InputError(f"stage '{stage.name}': precision must be fp32 or bf16")
-    for step in range(start, stage.steps):
-        tick = time.perf_counter()
-        micro = [source.collate([source.items[i] for i in sampler(step * stage.grad_accum + k)])
-                 for k in range(stage.grad_accum)]
+    def load(self, state: dict[str, Any]) -> None:
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.runtime.set_rng_state(state)
+
+    def step(self, micro: Sequence[Any]) -> tuple[float, float, list[LossOutput]]:
+        """One optimizer step over the micro-batches: (loss, grad norm, their outputs)."""
         outputs = []
         for batch in micro:
-            with autocast:
-                out = objective(model, batch)
+            with self.runtime.autocast(self.stage.precision):
+                out = self.step_module(batch.to(self.runtime.device))
             outputs.append(out)
             # MoE auxiliary losses enter here and only here: counted once, logged apart.
             aux, router_metrics = router_losses(out.records)
             out.metrics.update(router_metrics)
             total = out.loss if aux is None else out.loss + aux
             # Scale so the accumulated gradient is the mean over all units of the step.
-            total.mul(out.weight).backward()
-        total_weight = sum(o.weight for o in outputs) or 1.0
-        for p in params:
+            total.mul(out.units).backward()
+        units = self.runtime.all_reduce_sum(sum(o.units for o in outputs)) or 1.0
+        for p in self.params:
             if p.grad is not None:
-                p.grad.div_(total_weight)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
-                     if stage.grad_clip else _grad_norm(params))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(float(o.loss.detach()) * o.weight for o in outputs) / total_weight
+                p.grad.div_(units)
+        clip = self.stage.grad_clip
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, clip) if clip
+                     else _grad_norm(self.params))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = sum(float(o.loss.detach()) * o.units for o in outputs) / units
+        return loss, float(grad_norm), outputs
+
+
+def train_stage(
+    model: TinyVLM,
+    stage: StageConfig,
+    objective: Objective,
+    data: TrainData,
+    run_dir: str | Path | RunDir,
+    resume: bool = False,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> list[dict[str, Any]]:
+    """Run one stage for `stage.steps` optimizer steps; return its logged metrics."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    runtime = runtime or Runtime()
+    ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints)
+    torch.manual_seed(stage.seed)
+    groups = configure_trainable(model, objective, stage)
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=tuple(stage.betas))
+    schedule = lr_lambda(stage)
+    trainer = _Trainer(stage, runtime.wrap(TrainStep(model, objective)), objective, optimizer,
+                       torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                       [p for g in groups for p in g["params"]], runtime)
+    sampler = BatchSampler(len(data.items), stage.batch_size, stage.seed)
+    start = _restore_or_reset(run, ckpts, trainer, model, stage, resume)
+    model.train()
+    objective.train()
+    logged: list[dict[str, Any]] = []
+    window = _Window()
+    bar = tqdm(total=stage.steps, initial=start, desc=stage.name, unit="step",
+               disable=not progress or not runtime.is_main, dynamic_ncols=True, leave=True)
+    for step in range(start, stage.steps):
+        tick = time.perf_counter()
+        micro = [data.collate([data.items[i] for i in
+                               runtime.shard(sampler(step * stage.grad_accum + k))])
+                 for k in range(stage.grad_accum)]
+        loss, grad_norm, outputs = trainer.step(micro)
         window.add(loss, sum(b.num_tokens for b in micro), time.perf_counter() - tick,
                    _mean_metrics(outputs))
         done = step + 1
@@ -207,27 +209,43 @@ def train_stage(
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{window.tokens_per_s:,.0f}")
         if done % stage.log_every == 0 or done == stage.steps:
             row = {"stage": stage.name, "step": done, "loss": window.loss,
-                   "lr": stage.lr * schedule(step), "grad_norm": float(grad_norm),
+                   "lr": stage.lr * schedule(step), "grad_norm": grad_norm,
                    "tokens_per_s": window.tokens_per_s, **window.metrics()}
             logged.append(row)
-            _append_metrics(metrics_file, row)
+            run.append_metrics(row)
             window = _Window()
         if done == stage.steps or (stage.checkpoint_every and done % stage.checkpoint_every == 0):
-            ckpts.save(done, model, trainer_state(done))
+            ckpts.save(done, model, trainer.state(done))
     bar.close()
     model.eval()
     model.requires_grad_(True)
     return logged
 
 
-def completed(run_dir: str | Path, stage: StageConfig) -> bool:
-    ckpts = Checkpoints(Path(run_dir) / "checkpoints" / stage.name, stage.keep_checkpoints)
-    return stage.steps in ckpts.steps()
+def _restore_or_reset(run: RunDir, ckpts: Checkpoints, trainer: _Trainer, model: TinyVLM,
+                      stage: StageConfig, resume: bool) -> int:
+    """The step to start from: the latest checkpoint's on resume; 0 on a fresh start, which
+    forgets an earlier run of this stage (its checkpoints must not survive to be mistaken
+    for this run's on a later resume)."""
+    steps = ckpts.steps()
+    if resume and steps:
+        trainer.load(ckpts.restore(steps[-1], model))
+        run.truncate_metrics(stage.name, steps[-1])
+        return steps[-1]
+    if not resume:
+        run.clear_stage(stage.name)
+        run.truncate_metrics(stage.name, 0)
+    return 0
 
 
-def load_final(run_dir: str | Path, stage: StageConfig, model: TinyVLM) -> None:
-    Checkpoints(Path(run_dir) / "checkpoints" / stage.name, stage.keep_checkpoints).load(
-        stage.steps, model)
+def completed(run_dir: str | Path | RunDir, stage: StageConfig) -> bool:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return stage.steps in run.steps(stage.name)
+
+
+def load_final(run_dir: str | Path | RunDir, stage: StageConfig, model: TinyVLM) -> None:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    Checkpoints(run, stage.name, stage.keep_checkpoints).restore(stage.steps, model)
 
 
 class _Window:
@@ -257,7 +275,7 @@ class _Window:
         return {k: v / max(1, self.n) for k, v in self.sums.items()}
 
 
-def _mean_metrics(outputs: list[Any]) -> dict[str, float]:
+def _mean_metrics(outputs: list[LossOutput]) -> dict[str, float]:
     """Mean of each metric over the micro-batches that report it (some, e.g. RDist, need
     images a micro-batch may lack)."""
     keys = dict.fromkeys(k for o in outputs for k in o.metrics)
@@ -271,19 +289,3 @@ def _mean_metrics(outputs: list[Any]) -> dict[str, float]:
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     grads = [p.grad.norm() for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
-
-
-def _append_metrics(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(path: Path, stage: str, step: int) -> None:
-    """Forget a stage's lines past `step` (they belong to a run that is being redone)."""
-    if not path.is_file():
-        return
-    rows = read_jsonl(path)
-    kept = [r for r in rows if r.get("stage") != stage or r.get("step", 0) <= step]
-    if len(kept) != len(rows):
-        write_jsonl(path, kept)

@@ -1,15 +1,30 @@
-"""Teachers for distillation: anything that returns next-token logits over the student's
-vocabulary for a student batch. The teacher is frozen: eval mode, no gradients, never part of
-an optimizer (it is a plain object, not a submodule of the objective), optionally bf16."""
+"""Frozen models: a distillation teacher, a preference reference, a pair ranker.
+
+A frozen model is in eval mode, has no gradients and is never part of an optimizer (it is a
+plain object, not a submodule of the objective), optionally bf16. It builds its own batches
+from the conversations (or pair records) the student trains on, with its own tokenizer
+layout, image resolution and tokens per image, so a teacher need not see the student's
+inputs; distillation then aligns the two on the response tokens. When the teacher would
+build exactly the student's batch it reuses it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from tinyvlm.data.collate import Batch
+from tinyvlm.data.collate import (
+    Batch,
+    PreferenceBatch,
+    PreferenceCollator,
+    SFTCollator,
+    answer_batch,
+)
+from tinyvlm.data.conversation import Conversation, Turn
+from tinyvlm.data.images import ImageStore
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM, VLMOutput
 
@@ -17,65 +32,115 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Teacher(Protocol):
-    """What distillation needs of a teacher: outputs (logits over the student's vocabulary,
-    hidden states for RDist) for a student batch, and a check that it fits the student."""
+    """What distillation needs of a teacher: its own batches of the student's conversations,
+    its outputs for them (logits over the student's vocabulary, hidden states for RDist),
+    and a check that it fits the student."""
 
     vocab_size: int
+    image_token_id: int
+    image_tokens: int  # tokens per image in its own batches
+
+    def same_batches(self, student: TinyVLM) -> bool: ...
+
+    def collate(self, conversations: Sequence[Conversation]) -> Batch: ...
 
     def __call__(self, batch: Batch) -> VLMOutput: ...
 
     def check_compatible(self, student: TinyVLM) -> None: ...
 
 
-class FrozenTeacher:
-    """A tinyvlm model used as a teacher: its outputs for the student's own batches."""
+class FrozenModel:
+    """A tinyvlm model used as a teacher, a reference or a ranker."""
 
-    def __init__(self, model: TinyVLM, dtype: str = "fp32", source: str | Path | None = None):
+    def __init__(self, model: TinyVLM, dtype: str = "fp32", where: str | Path | None = None):
         if dtype not in DTYPES:
             raise InputError(f"teacher dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if model.tokenizer is None:
+            raise InputError("a frozen model needs its tokenizer", where)
         self.model = model.eval().requires_grad_(False).to(DTYPES[dtype])
+        self.tokenizer = model.tokenizer
         self.vocab_size = model.config.language.vocab_size
-        self.source = source
+        self.image_token_id = model.config.image_token_id
+        self.image_tokens = model.image_tokens
+        self.where = where
+        self.images = ImageStore(model.config.vision.image_size)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: str = "fp32") -> FrozenTeacher:
-        return cls(TinyVLM.from_pretrained(directory), dtype, directory)
+    def from_pretrained(cls, directory: str | Path, dtype: str = "fp32",
+                        device: torch.device | str = "cpu") -> FrozenModel:
+        return cls(TinyVLM.from_pretrained(directory).to(device), dtype, directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- compatibility
 
     def check_compatible(self, student: TinyVLM) -> None:
-        """Same vocabulary, special tokens and image-token layout, or one clear error: a
-        mismatch would silently compare distributions over different tokens or positions."""
+        """The same vocabulary (token for token), or one clear error: distributions over
+        different vocabularies cannot be compared position by position."""
         t, s = self.model, student
-        problems = []
         if t.config.language.vocab_size != s.config.language.vocab_size:
-            problems.append(f"vocabulary {t.config.language.vocab_size} vs "
-                            f"{s.config.language.vocab_size}")
-        elif (t.tokenizer is not None and s.tokenizer is not None
-              and t.tokenizer.backend.get_vocab() != s.tokenizer.backend.get_vocab()):
-            problems.append("same vocabulary size but different tokens")
-        for key in ("pad_token_id", "bos_token_id", "image_token_id", "eos_token_id"):
-            if getattr(t.config, key) != getattr(s.config, key):
-                problems.append(f"{key} {getattr(t.config, key)} vs {getattr(s.config, key)}")
-        if t.image_tokens != s.image_tokens:
-            problems.append(f"{t.image_tokens} vs {s.image_tokens} tokens per image")
-        if t.config.language.max_seq_len < s.config.language.max_seq_len:
-            problems.append(f"teacher max_seq_len {t.config.language.max_seq_len} < the "
-                            f"student's {s.config.language.max_seq_len}")
-        if t.config.vision.image_size != s.config.vision.image_size:
-            problems.append(f"image size {t.config.vision.image_size} vs "
-                            f"{s.config.vision.image_size}")
-        if problems:
-            raise InputError("teacher and student do not match: " + "; ".join(problems),
-                             self.source)
+            problem = (f"vocabulary {t.config.language.vocab_size} vs "
+                       f"{s.config.language.vocab_size}")
+        elif s.tokenizer is not None and self.tokenizer.backend.get_vocab() != \
+                s.tokenizer.backend.get_vocab():
+            problem = "same vocabulary size but different tokens"
+        else:
+            return
+        raise InputError(f"teacher and student do not match: {problem}", self.where)
+
+    def same_batches(self, student: TinyVLM) -> bool:
+        """Whether this model would build exactly the student's batches (same tokens, special
+        ids, image size and tokens per image), so the student's can be reused."""
+        t, s = self.model, student
+        return (s.tokenizer is not None
+                and t.image_tokens == s.image_tokens
+                and t.config.vision.image_size == s.config.vision.image_size
+                and all(getattr(t.config, k) == getattr(s.config, k)
+                        for k in ("pad_token_id", "bos_token_id", "image_token_id",
+                                  "eos_token_id"))
+                and self.tokenizer.backend.get_vocab() == s.tokenizer.backend.get_vocab())
+
+    # ---------------------------------------------------------------- its own batches
+
+    def collate(self, conversations: Sequence[Conversation]) -> Batch:
+        """Whole conversations as this model reads them; every turn the student kept must fit
+        (dropping one here would put the answers out of step with the student's)."""
+        limit = self.model.config.language.max_seq_len
+        collate = SFTCollator(self.tokenizer, self.images, self.model.image_tokens, limit)
+        for conv in conversations:
+            if len(collate.encode(conv)[2].turns) != len(conv.turns):
+                raise InputError(f"the teacher's max_seq_len {limit} cannot hold a "
+                                 "conversation the student holds", conv.source or self.where)
+        return collate(conversations)
+
+    def preference_batch(self, records: Sequence[dict[str, Any]], max_len: int
+                         ) -> PreferenceBatch:
+        collate = PreferenceCollator(self.tokenizer, self.images, self.model.image_tokens,
+                                     max_len)
+        return collate(records)
+
+    def answer_batch(self, items: Sequence[tuple[Sequence[Turn], Sequence[Any]]]) -> Batch:
+        """Conversations (turns, images) with targets on their last answers only."""
+        return answer_batch(self.tokenizer, self.images, self.model.image_tokens, items)
+
+    # ---------------------------------------------------------------- outputs
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> VLMOutput:
+        batch = batch.to(self.device)
         pixels = batch.pixel_values
         dtype = next(self.model.parameters()).dtype
         if pixels is not None:
             pixels = pixels.to(dtype)
         # The teacher's own dtype decides its precision, not the student's autocast.
         with torch.autocast(batch.input_ids.device.type, enabled=False):
-            out = self.model(batch.input_ids, batch.attention_mask, pixels)
+            out = self.model(batch.input_ids, batch.attention_mask, pixels,
+                             image_rows=batch.image_rows)
         assert out.logits is not None
         out.logits = out.logits.float()
         return out
+
+
+FrozenTeacher = FrozenModel  # the earlier name

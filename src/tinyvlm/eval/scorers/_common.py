@@ -1,8 +1,11 @@
-"""Pieces every scorer shares: conventions, id-keyed input files, float sums, the text table."""
+"""Pieces every scorer shares: conventions, id-keyed input files, TSV files, float sums, the
+text table."""
 
 from __future__ import annotations
 
+import csv
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,33 @@ def rows_by_id(path: str | Path, id_key: str = "question_id",
             raise InputError(f"{id_key} {row[id_key]!r} repeats line {out[qid][0]}", path, line)
         out[qid] = (line, row)
     return out
+
+
+def read_tsv(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and (line, row) pairs of a TSV file written the way pandas writes them (quoted
+    cells may span lines; cells may be very long, e.g. base64 images). Blank rows are
+    skipped; a row with another number of cells than the header is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t")
+            header = next(reader, None)
+            if not header:
+                raise InputError("empty TSV file", path)
+            rows = []
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    raise InputError(f"{len(cells)} cells for {len(header)} columns", path,
+                                     reader.line_num)
+                rows.append((reader.line_num, dict(zip(header, cells, strict=True))))
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", path) from None
+    return header, rows
 
 
 def text_field(row: Mapping[str, Any], keys: Sequence[str], path: str | Path,

@@ -20,15 +20,14 @@ Accuracies are fractions: overall, per category and per l2-category.
 
 from __future__ import annotations
 
-import csv
 import string
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tinyvlm.errors import InputError
 from tinyvlm.eval.scorers._common import check_convention
+from tinyvlm.eval.scorers._common import read_tsv as read_tsv_rows
 from tinyvlm.eval.scorers.choice import Choices, lmms_eval_choice, vlmevalkit_choice
 
 CONVENTIONS = ("official", "lmms-eval", "vlmevalkit")
@@ -109,36 +108,25 @@ def _by(hits: Sequence[tuple[Row, int]], key: str) -> dict[str, float]:
 def read_tsv(path: str | Path) -> list[dict[str, Any]]:
     """Rows of an MMBench TSV with predictions: index, question, A..D, answer, prediction,
     category, l2-category (other columns, e.g. base64 images, are kept and ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
-    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
+    header, table = read_tsv_rows(path)
+    absent = [k for k in ("index", "answer", "prediction") if k not in header]
+    if absent:
+        raise InputError(f"missing column(s) {', '.join(absent)} "
+                         f"(header: {', '.join(header)})", path, 1)
     rows: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            header = reader.fieldnames or []
-            absent = [k for k in ("index", "answer", "prediction") if k not in header]
-            if absent:
-                raise InputError(f"missing column(s) {', '.join(absent)} "
-                                 f"(header: {', '.join(header)})", path, 1)
-            for row in reader:
-                line = reader.line_num
-                try:
-                    index = int(row["index"])
-                except (TypeError, ValueError):
-                    raise InputError(f"index {row['index']!r} is not an integer",
-                                     path, line) from None
-                if index in seen:
-                    raise InputError(f"index {index} repeats line {seen[index]}", path, line)
-                seen[index] = line
-                if row["answer"] not in row_choices(row):
-                    raise InputError(f"answer {row['answer']!r} is not one of the options "
-                                     f"{', '.join(row_choices(row)) or '(none)'}", path, line)
-                rows.append({**row, "index": index, "prediction": row["prediction"] or ""})
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text file", path) from None
+    for line, row in table:
+        try:
+            index = int(row["index"])
+        except (TypeError, ValueError):
+            raise InputError(f"index {row['index']!r} is not an integer", path, line) from None
+        if index in seen:
+            raise InputError(f"index {index} repeats line {seen[index]}", path, line)
+        seen[index] = line
+        if row["answer"] not in row_choices(row):
+            raise InputError(f"answer {row['answer']!r} is not one of the options "
+                             f"{', '.join(row_choices(row)) or '(none)'}", path, line)
+        rows.append({**row, "index": index, "prediction": row["prediction"] or ""})
     return rows
 
 

@@ -7,7 +7,7 @@ gives a verdict (1 right, 0 wrong) per question. Overall = mean over runs of eac
 accuracy (summed as Python 3.12's ``sum`` does, the version MOAT used); per capability and
 per combination (the tags joined with '+' in their given order) = all verdicts of all runs
 pooled. MOAT's verdicts come from an LLM judge; here a record's own ``verdict`` is used if
-present, else the optional `judge`, else exact match after `metrics.normalize_answer`
+present, else the optional `judge`, else exact match after `data.answers.normalize_answer`
 (lowercase, collapse spaces, drop trailing '.!?' and surrounding quotes).
 
 Records, ours: ``{"id", "question", "choices"?, "answer", "prediction", "capabilities"}``;
@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tinyvlm.data.answers import normalize_answer
 from tinyvlm.errors import InputError
-from tinyvlm.eval.metrics import normalize_answer
 from tinyvlm.eval.scorers._common import check_convention, key_of, sum_compensated, text_field
 from tinyvlm.io import read_jsonl_numbered
 

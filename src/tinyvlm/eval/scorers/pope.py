@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tinyvlm.data.pope import read_questions, split_name
 from tinyvlm.errors import InputError
 from tinyvlm.eval.scorers._common import (
     check_convention,
@@ -223,27 +224,21 @@ def _unit(convention: str) -> str:
 def read_pair(annotations: str | Path, predictions: str | Path) -> tuple[list[str], list[str]]:
     """(labels, predictions) of one annotation file and its answer file, paired by question_id.
 
-    Annotation lines: question_id, label (yes/no), and usually image and text. Prediction
-    lines: question_id and the answer in ``text`` (LLaVA) or ``answer`` (POPE). Every id must
-    be on both sides.
+    Annotation lines: question_id, label (yes/no), and usually image and text (read by
+    data.pope, the one reader of POPE files). Prediction lines: question_id and the answer in
+    ``text`` (LLaVA) or ``answer`` (POPE). Every id must be on both sides.
     """
-    ann = rows_by_id(annotations, required=("label",))
+    ann = {str(q.question_id): q for q in read_questions(annotations, require=(),
+                                                         need_label=True)}
     pred = rows_by_id(predictions)
     require_same_ids(ann, pred, annotations, predictions)
     labels, texts = [], []
-    for qid, (line, row) in ann.items():
-        label = text_field(row, ("label",), annotations, line)
-        _label_yes(label, f"{annotations}:{line}")
-        labels.append(label)
+    for qid, q in ann.items():
+        assert q.label is not None
+        labels.append(q.label)
         pline, prow = pred[qid]
         texts.append(text_field(prow, ("text", "answer"), predictions, pline))
     return labels, texts
-
-
-def split_name(path: str | Path) -> str:
-    """'coco_pope_adversarial.json' -> 'adversarial'; otherwise the file's stem."""
-    stem = Path(path).stem
-    return stem.rsplit("pope_", 1)[1] if "pope_" in stem else stem
 
 
 def score_files(annotations: Sequence[str | Path], predictions: Sequence[str | Path],

@@ -1,0 +1,3 @@
+from tinyvlm.cli import main
+
+main()

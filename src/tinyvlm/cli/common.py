@@ -1,0 +1,42 @@
+"""What every command group shares: loading a model, the score commands' options."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from tinyvlm.models.vlm import TinyVLM
+
+
+def load_model(path: str) -> TinyVLM:
+    from tinyvlm.models.vlm import TinyVLM  # imported here: torch loads slowly, --help should not
+
+    return TinyVLM.from_pretrained(path)
+
+
+def score_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--convention and --table, shared by every `tinyvlm score` command."""
+    f = click.option("--table", is_flag=True,
+                     help="Print a human-readable table instead of JSON.")(f)
+    return click.option(
+        "--convention", default="official", show_default=True,
+        help="Whose scoring rules: official, lmms-eval or vlmevalkit (where the benchmark "
+             "has them).")(f)
+
+
+def print_scores(compute: Callable[[], dict], table: bool) -> None:
+    """Run a scorer; its warnings become one 'warning: ...' line each on stderr."""
+    import warnings
+
+    from tinyvlm.eval.scorers import format_table as scores_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compute()
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    click.echo(scores_table(result) if table else json.dumps(result, indent=2))

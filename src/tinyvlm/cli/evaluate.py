@@ -1,0 +1,78 @@
+"""`tinyvlm eval` and `tinyvlm report`: evaluate models, compare runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tinyvlm.cli.common import load_model
+
+
+@click.command("eval")
+@click.argument("model")
+@click.argument("data_files", nargs=-1, required=True)
+@click.option("--out", default="runs/eval", show_default=True, help="Output directory.")
+@click.option("--name", default=None, help="Row name in the report [default: model dir name].")
+@click.option("--train", "train_file", default=None,
+              help="Training file for the majority-answer baseline "
+                   "[default: train.json beside the first data file, if any].")
+@click.option("--image-root", default=None,
+              help="Directory the benchmark's image paths are relative to "
+                   "[default: the benchmark file's directory].")
+@click.option("--templates", default=None,
+              help="Directory of <benchmark>.yaml prompt templates overriding the built-in ones.")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Tokens to generate [default: each benchmark template's].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None,
+             train_file: str | None, image_root: str | None, templates: str | None,
+             batch_size: int, max_new_tokens: int | None, quiet: bool) -> None:
+    """Evaluate MODEL on benchmark files: predictions, results.json, report, chart.
+
+    DATA_FILES are LLaVA JSON/JSONL (ShapesWorld), POPE question JSONL, MME subtask .txt
+    files (or their directory), MMBench TSV, SEED-Bench JSON, ScienceQA problems.json,
+    VQAv2/TextVQA questions or MOAT JSON; the format is detected, or forced with a prefix
+    (pope:FILE). Finished items are cached in --out: rerunning resumes where it stopped.
+
+    \b
+    Example:
+      tinyvlm eval runs/demo/model data/shapes/test.json data/shapes/pope.json --out runs/eval
+      tinyvlm eval runs/demo/model data/shapes/pope_random.jsonl mmbench_dev.tsv --out runs/e2
+    """
+    from tinyvlm.eval.harness import evaluate_models
+    from tinyvlm.eval.report import format_benchmarks, format_table
+
+    train_path = Path(train_file) if train_file else Path(data_files[0]).parent / "train.json"
+    results = evaluate_models({name or Path(model).name: load_model(model)},
+                              list(data_files), Path(out),
+                              train_path if train_path.is_file() else None,
+                              batch_size, max_new_tokens, progress=not quiet,
+                              image_root=None if image_root is None else Path(image_root),
+                              templates=None if templates is None else Path(templates))
+    click.echo(format_table(results))
+    if benchmarks := format_benchmarks(results):
+        click.echo(f"\n{benchmarks}")
+    click.echo(f"\nreport: {Path(out) / 'report.md'}")
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", default="runs/report", show_default=True, help="Output directory.")
+@click.option("--chart", type=click.Choice(["bars", "radar"]), default="bars",
+              show_default=True, help="Per-capability chart style.")
+def report_cmd(run_dirs: tuple[str, ...], out: str, chart: str) -> None:
+    """Compare the models of several eval runs: comparison.md, .html and .png.
+
+    RUN_DIRS are directories holding results.json (from `tinyvlm eval` or `tinyvlm demo`).
+
+    \b
+    Example:
+      tinyvlm report runs/eval-teacher runs/eval-student --out runs/report
+    """
+    from tinyvlm.eval.report import load_runs, write_comparison
+
+    paths = write_comparison(load_runs(run_dirs), out, chart)
+    click.echo(paths["markdown"].read_text())
+    click.echo(f"written: {', '.join(str(p) for p in paths.values())}")

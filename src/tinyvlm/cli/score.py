@@ -1,0 +1,164 @@
+"""`tinyvlm score`: score predictions by the official scripts' rules (or another harness's)."""
+
+from __future__ import annotations
+
+import click
+
+from tinyvlm.cli.common import print_scores, score_options
+
+
+@click.group("score")
+def score_group() -> None:
+    """Score benchmark predictions by the official scripts' rules, or another harness's.
+
+    Each command prints one JSON object (or a table with --table). docs/evaluation.md lists
+    every benchmark's rule and how the harnesses differ.
+
+    \b
+    Example:
+      tinyvlm score pope --annotations coco_pope_random.json --predictions answers.jsonl
+    """
+
+
+@score_group.command("pope")
+@click.option("--annotations", multiple=True, required=True,
+              help="POPE question file (JSONL: question_id, image, text, label); repeat for "
+                   "several splits.")
+@click.option("--predictions", multiple=True, required=True,
+              help="Answer file (JSONL: question_id and text or answer), one per --annotations, "
+                   "in the same order.")
+@score_options
+def score_pope(annotations: tuple[str, ...], predictions: tuple[str, ...], convention: str,
+               table: bool) -> None:
+    """POPE accuracy, precision, recall, F1 and yes-ratio; with several splits, also their
+    mean F1 (the number LLaVA-style papers print).
+
+    \b
+    Example:
+      tinyvlm score pope --annotations coco_pope_random.json --predictions random.jsonl
+      tinyvlm score pope --annotations coco_pope_random.json --predictions random.jsonl \\
+          --annotations coco_pope_popular.json --predictions popular.jsonl \\
+          --annotations coco_pope_adversarial.json --predictions adversarial.jsonl
+    """
+    from tinyvlm.eval.scorers import pope
+
+    print_scores(lambda: pope.score_files(annotations, predictions, convention), table)
+
+
+@score_group.command("mme")
+@click.option("--predictions", required=True,
+              help="Directory with one <subtask>.txt per subtask "
+                   "(image<TAB>question<TAB>answer<TAB>prediction).")
+@score_options
+def score_mme(predictions: str, convention: str, table: bool) -> None:
+    """MME perception and cognition scores and every subtask's score.
+
+    \b
+    Example:
+      tinyvlm score mme --predictions runs/eval/mme_answers
+    """
+    from tinyvlm.eval.scorers import mme
+
+    print_scores(lambda: mme.score_files(predictions, convention), table)
+
+
+@score_group.command("mmbench")
+@click.option("--predictions", required=True,
+              help="MMBench TSV with a prediction column (index, question, A..D, answer, "
+                   "category, l2-category, prediction).")
+@score_options
+def score_mmbench(predictions: str, convention: str, table: bool) -> None:
+    """MMBench circular accuracy overall, per category and per l2-category (rule-based
+    answer extraction; no judge model).
+
+    \b
+    Example:
+      tinyvlm score mmbench --predictions mmbench_dev_en_answers.tsv
+    """
+    from tinyvlm.eval.scorers import mmbench
+
+    print_scores(lambda: mmbench.score_files(predictions, convention), table)
+
+
+@score_group.command("seed")
+@click.option("--annotations", required=True, help="SEED-Bench.json.")
+@click.option("--predictions", required=True,
+              help="Answer file (JSONL: question_id, text).")
+@score_options
+def score_seed(annotations: str, predictions: str, convention: str, table: bool) -> None:
+    """SEED-Bench accuracy per dimension, per data type and overall.
+
+    \b
+    Example:
+      tinyvlm score seed --annotations SEED-Bench.json --predictions seed_answers.jsonl
+    """
+    from tinyvlm.eval.scorers import seed
+
+    print_scores(lambda: seed.score_files(annotations, predictions, convention), table)
+
+
+@score_group.command("scienceqa")
+@click.option("--problems", required=True, help="ScienceQA problems.json.")
+@click.option("--predictions", required=True,
+              help="Answer file (JSONL: question_id, text, prompt).")
+@click.option("--split", default="test", show_default=True, help="Split to score.")
+@click.option("--pid-splits", default=None,
+              help="pid_splits.json [default: the problems' own 'split' field].")
+@score_options
+def score_scienceqa(problems: str, predictions: str, split: str, pid_splits: str | None,
+                    convention: str, table: bool) -> None:
+    """ScienceQA accuracy and accuracy on questions with an image.
+
+    \b
+    Example:
+      tinyvlm score scienceqa --problems problems.json --predictions sqa_answers.jsonl
+    """
+    from tinyvlm.eval.scorers import scienceqa
+
+    print_scores(lambda: scienceqa.score_files(problems, predictions, split, pid_splits,
+                                                convention), table)
+
+
+@score_group.command("vqa")
+@click.option("--annotations", required=True,
+              help="VQAv2 annotations JSON, or a TextVQA JSON ({'data': [...]}).")
+@click.option("--results", required=True,
+              help="Results: JSON list [{question_id, answer}] or JSONL with text or answer.")
+@click.option("--questions", default=None,
+              help="VQAv2 questions JSON, to check the annotated ids against.")
+@click.option("--variant", type=click.Choice(["vqav2", "textvqa"]), default="vqav2",
+              show_default=True, help="VQAv2 script or the TextVQA (M4C) evaluator.")
+@score_options
+def score_vqa(annotations: str, results: str, questions: str | None, variant: str,
+              convention: str, table: bool) -> None:
+    """VQA accuracy: min(1, matches/3) over leave-one-out subsets of the human answers.
+
+    \b
+    Example:
+      tinyvlm score vqa --questions v2_OpenEnded_mscoco_val2014_questions.json \\
+          --annotations v2_mscoco_val2014_annotations.json --results results.json
+      tinyvlm score vqa --variant textvqa --annotations TextVQA_0.5.1_val.json \\
+          --results textvqa_answers.jsonl
+    """
+    from tinyvlm.eval.scorers import vqa
+
+    print_scores(lambda: vqa.score_files(annotations, results, questions, variant,
+                                          convention), table)
+
+
+@score_group.command("moat")
+@click.option("--predictions", multiple=True, required=True,
+              help="JSONL of capability-tagged predictions (ours or MOAT's columns); repeat "
+                   "once per run.")
+@score_options
+def score_moat(predictions: tuple[str, ...], convention: str, table: bool) -> None:
+    """MOAT-style accuracy overall, per capability and per capability combination,
+    averaged over runs (exact match unless the records carry a verdict).
+
+    \b
+    Example:
+      tinyvlm score moat --predictions run1.jsonl --predictions run2.jsonl
+    """
+    from tinyvlm.eval.scorers import moat
+
+    print_scores(lambda: moat.score_files(predictions, convention), table)

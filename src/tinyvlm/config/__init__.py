@@ -1,0 +1,69 @@
+"""Configuration dataclasses: model, tokenizer, data, training stages, evaluation, recipes.
+
+Every hyperparameter lives here. Each dataclass round-trips through plain dicts (the schema
+module), so the same objects are written to config.json (model directories) and read from
+YAML recipes. Unknown keys are errors that name the file and the closest valid key.
+"""
+
+from tinyvlm.config.data import DataConfig, ShapesWorldConfig, TokenizerConfig
+from tinyvlm.config.model import (
+    MODEL_MODULES,
+    ChatFormat,
+    ChatTemplate,
+    ConnectorConfig,
+    LanguageConfig,
+    ModelConfig,
+    MoEConfig,
+    VisionConfig,
+    check_model,
+)
+from tinyvlm.config.recipe import (
+    Recipe,
+    RenamedKeyWarning,
+    check_recipe,
+    find_recipe,
+    load_recipe,
+    stage_refs,
+)
+from tinyvlm.config.stages import (
+    BuildPairsConfig,
+    DistillConfig,
+    EvalConfig,
+    MimicConfig,
+    PairsConfig,
+    PreferenceConfig,
+    StageConfig,
+)
+from tinyvlm.schema import dump_yaml, from_dict, load_yaml, to_dict
+
+__all__ = [
+    "MODEL_MODULES",
+    "BuildPairsConfig",
+    "ChatFormat",
+    "ChatTemplate",
+    "ConnectorConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "LanguageConfig",
+    "MimicConfig",
+    "MoEConfig",
+    "ModelConfig",
+    "PairsConfig",
+    "PreferenceConfig",
+    "Recipe",
+    "RenamedKeyWarning",
+    "ShapesWorldConfig",
+    "StageConfig",
+    "TokenizerConfig",
+    "VisionConfig",
+    "check_model",
+    "check_recipe",
+    "dump_yaml",
+    "find_recipe",
+    "from_dict",
+    "load_recipe",
+    "load_yaml",
+    "stage_refs",
+    "to_dict",
+]

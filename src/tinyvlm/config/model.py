@@ -1,0 +1,203 @@
+"""Model hyperparameters: vision encoder, connector, language model, MoE, chat format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinyvlm.errors import InputError
+
+# The three modules of every TinyVLM, in forward order: what `trainable`, `lr_scale`, `init`
+# and the cost tables name.
+MODEL_MODULES = ("vision", "connector", "language")
+
+
+@dataclass
+class MoEConfig:
+    """Sparse mixture-of-experts FFNs, for the language model or the vision encoder.
+
+    Experts are SwiGLU FFNs; a linear router scores them in fp32 and each token goes to its
+    top_k. LLaVA-MoD's student: 4 experts, top-2, every other layer, balance_coef 0.01.
+    """
+
+    experts: int = 4
+    top_k: int = 2
+    # Which blocks are MoE: "all", "every-other" (1, 3, 5, ...: the first block stays dense),
+    # or an explicit list of block indices (negative counts from the end).
+    layers: str | list[int] = "every-other"
+    hidden_dim: int | None = None  # each expert's hidden width; None: the dense FFN's
+    # Experts per MoE block when they differ (a pruned single-task model), aligned with
+    # moe_layers(); empty: `experts` everywhere.
+    layer_experts: list[int] = field(default_factory=list)
+    shared_expert_dim: int = 0  # > 0: an always-on SwiGLU expert of this width beside them
+    normalize_gates: bool = True  # renormalise the top_k probabilities to sum to 1
+    # "dropless" runs every choice; "capacity" gives each expert ceil(capacity_factor *
+    # tokens * top_k / experts) slots and drops the overflow (top-1 choices first, then
+    # token order), as GShard and Switch do.
+    routing: str = "dropless"
+    capacity_factor: float = 1.5
+    eval_capacity_factor: float | None = None  # None: the training capacity factor
+    balance_coef: float = 0.01  # load-balancing loss E * sum_e f_e * P_e
+    z_coef: float = 0.0  # router z-loss mean(logsumexp(logits)^2)
+    jitter: float = 0.0  # training only: router input scaled by U(1 - jitter, 1 + jitter)
+    # Task-conditioned routing (M3ViT): "none", "embedding" (the router sees the token
+    # concatenated with a learned task embedding) or "multi_gate" (one router per task).
+    task_routing: str = "none"
+    num_tasks: int = 0
+    task_dim: int = 16
+    # Task-expert mutual information (Mod-Squad): its negative, weighted by this, joins the
+    # auxiliary loss, so each task concentrates on a few experts while the balance loss keeps
+    # all experts in use: the sparse per-task pathways that single-task pruning keeps.
+    task_mi_coef: float = 0.0
+
+    def check(self, depth: int, source: str | Path | None = None, key: str = "moe") -> None:
+        """Every value in range, or one InputError naming the key."""
+        problems = [
+            (self.experts >= 1, "experts", "must be >= 1"),
+            (1 <= self.top_k <= self.experts, "top_k", f"must lie in 1..experts ({self.experts})"),
+            (self.routing in ("dropless", "capacity"), "routing", "must be dropless or capacity"),
+            (self.capacity_factor > 0, "capacity_factor", "must be > 0"),
+            (self.eval_capacity_factor is None or self.eval_capacity_factor > 0,
+             "eval_capacity_factor", "must be > 0"),
+            (0 <= self.jitter < 1, "jitter", "must lie in [0, 1)"),
+            (self.task_routing in ("none", "embedding", "multi_gate"), "task_routing",
+             "must be none, embedding or multi_gate"),
+            (self.task_routing == "none" or self.num_tasks >= 1, "num_tasks",
+             "must be >= 1 with task routing"),
+            (all(n >= 1 for n in self.layer_experts), "layer_experts", "entries must be >= 1"),
+            (self.hidden_dim is None or self.hidden_dim >= 1, "hidden_dim", "must be >= 1"),
+        ]
+        for ok, name, message in problems:
+            if not ok:
+                raise InputError(f"'{key}.{name}' {message}", source)
+        try:
+            self.experts_at(depth)
+        except ValueError as e:
+            raise InputError(f"'{key}': {e}", source) from None
+
+    def moe_layers(self, depth: int) -> list[int]:
+        """The block indices that are MoE, for a stack of `depth` blocks."""
+        if self.layers == "all":
+            return list(range(depth))
+        if self.layers == "every-other":
+            return list(range(1, depth, 2))
+        if isinstance(self.layers, str):
+            raise ValueError(f"moe.layers must be 'all', 'every-other' or a list of block "
+                             f"indices, got {self.layers!r}")
+        bad = [i for i in self.layers if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"moe.layers {bad} outside the {depth} blocks")
+        return sorted({i % depth for i in self.layers})
+
+    def experts_at(self, depth: int) -> dict[int, int]:
+        """Block index -> number of experts, for every MoE block."""
+        layers = self.moe_layers(depth)
+        if self.layer_experts and len(self.layer_experts) != len(layers):
+            raise ValueError(f"moe.layer_experts has {len(self.layer_experts)} entries for "
+                             f"{len(layers)} MoE blocks")
+        return dict(zip(layers, self.layer_experts or [self.experts] * len(layers), strict=True))
+
+
+@dataclass
+class VisionConfig:
+    image_size: int = 64
+    patch_size: int = 16
+    channels: int = 3
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    position: str = "learned"  # "learned" or "sincos" (2-D sine-cosine, fixed)
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    # Layers (0-based; negative counts from the end) whose [CLS] attention is returned, so
+    # token pruning can rank patches without a second pass.
+    cls_attention_layers: list[int] = field(default_factory=lambda: [-1])
+    moe: MoEConfig | None = None  # sparse FFNs (task-routed for M3ViT); None: dense
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+
+@dataclass
+class ConnectorConfig:
+    kind: str = "mlp"  # a key of models.connectors.CONNECTORS
+    hidden_dim: int | None = None  # None: the language model's width
+
+
+@dataclass
+class LanguageConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer when the model is built
+    dim: int = 192
+    depth: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    ffn_dim: int | None = None  # None: about 8/3 * dim, rounded up to a multiple of 32
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    moe: MoEConfig | None = None  # sparse FFNs (LLaVA-MoD's student); None: dense
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden_ffn_dim(self) -> int:
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        return -(-int(8 * self.dim / 3) // 32) * 32
+
+
+@dataclass
+class ChatFormat:
+    """Role markers and special tokens shared by training, evaluation and chat.
+
+    A conversation renders as
+    `<bos><|user|><image>...\\nquestion<|end|><|assistant|>answer<|end|><|user|>...`;
+    each `<image>` expands to one token per visual feature.
+    """
+
+    bos: str = "<bos>"
+    pad: str = "<pad>"
+    unk: str = "<unk>"
+    image: str = "<image>"
+    user: str = "<|user|>"
+    assistant: str = "<|assistant|>"
+    end: str = "<|end|>"
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return [self.pad, self.unk, self.bos, self.image, self.user, self.assistant, self.end]
+
+
+ChatTemplate = ChatFormat  # the earlier name
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    chat: ChatFormat = field(default_factory=ChatFormat)
+    # Token ids of the chat format's special tokens, filled from the tokenizer.
+    pad_token_id: int = 0
+    bos_token_id: int = 2
+    image_token_id: int = 3
+    eos_token_id: int = 6
+
+
+def check_model(config: ModelConfig, source: str | Path | None = None, key: str = "model"
+                ) -> None:
+    """Values a type check cannot judge (MoE settings), as one InputError naming the key."""
+    if config.vision.moe is not None:
+        config.vision.moe.check(config.vision.depth, source, f"{key}.vision.moe")
+    if config.language.moe is not None:
+        config.language.moe.check(config.language.depth, source, f"{key}.language.moe")

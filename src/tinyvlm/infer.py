@@ -1,0 +1,220 @@
+"""The inference engine: requests in, texts out.
+
+A request is a conversation whose last user turn is the question (earlier turns are history),
+or chat messages; images may be paths, bytes or PIL images. The engine tokenizes with the
+model's chat format, groups prompts into left-padded batches (sorted by length, so padding
+stays short, unless sampling must see them in order), generates with the KV cache and returns
+each prompt's answer. A per-batch callback lets callers cache results as they come; a per-text
+callback streams each row's text as it grows; stop strings end a row early. The evaluation
+harness, preference-pair sampling and `tinyvlm generate` all go through `Engine.generate`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tinyvlm.data.collate import Batch
+from tinyvlm.data.conversation import Conversation, Turn, place_images
+from tinyvlm.data.images import ImageStore
+from tinyvlm.errors import InputError
+from tinyvlm.models.vlm import TinyVLM
+
+
+@dataclass
+class Prompt:
+    """A tokenized prompt: ids ending where the answer begins, and its images."""
+
+    ids: list[int]
+    images: list[Any]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 16
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # a row ends at the first of these in its text (cut off)
+
+
+OnBatch = Callable[[list[int], list[str], float], None]  # (prompt indices, texts, seconds)
+OnText = Callable[[int, str], None]  # (prompt index, the text so far)
+
+
+def conversation_from_messages(messages: Sequence[Mapping[str, Any]],
+                               images: Sequence[Any] = ()) -> Conversation:
+    """Chat messages ({role, content}) as a conversation ending with the user's question.
+
+    content is a string or a list of parts: {"type": "text", "text": ...} and
+    {"type": "image"} (the next of `images`; `<image>` stands where it stood). A system message
+    is put before the first user message. Missing placeholders go before the first message,
+    one per image."""
+    system, turns, user = "", [], None
+    for i, m in enumerate(messages):
+        role, text = m.get("role"), _message_text(m.get("content"), i)
+        if role == "system":
+            system = f"{system}{text}\n"
+        elif role == "user" and user is None:
+            user = text
+        elif role == "assistant" and user is not None:
+            turns.append((user, text))
+            user = None
+        else:
+            raise InputError(f"message {i}: expected alternating user and assistant messages "
+                             "ending with a user message")
+    if user is None:
+        raise InputError("the last message must be the user's")
+    users = [u for u, _ in turns] + [user]
+    users[0] = system + users[0]
+    try:
+        users = place_images(users, len(images))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return Conversation("request", list(images),
+                        [(u, a) for u, (_, a) in zip(users, turns, strict=False)]
+                        + [(users[-1], "")])
+
+
+def _message_text(content: Any, index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InputError(f"message {index}: content must be a string or a list of parts")
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            parts.append(str(part.get("text", "")))
+        elif kind in ("image", "image_url"):
+            parts.append("<image>")
+        else:
+            raise InputError(f"message {index}: unknown content part {part!r}")
+    return "\n".join(parts)
+
+
+class Engine:
+    """Batched generation for one model."""
+
+    def __init__(self, model: TinyVLM, batch_size: int = 16):
+        if model.tokenizer is None:
+            raise InputError("the model has no tokenizer")
+        if batch_size < 1:
+            raise InputError(f"the batch size must be at least 1, got {batch_size}")
+        self.model, self.tokenizer, self.batch_size = model, model.tokenizer, batch_size
+        self.images = ImageStore(model.config.vision.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, history: Sequence[Turn], question: str, images: Sequence[Any]) -> Prompt:
+        return Prompt(self.tokenizer.encode_prompt(history, question, self.model.image_tokens),
+                      list(images))
+
+    def encode_conversation(self, conv: Conversation) -> Prompt:
+        return self.encode(conv.turns[:-1], conv.question, conv.images)
+
+    def batch(self, prompts: Sequence[Prompt]) -> Batch:
+        """A left-padded generation batch of `prompts`, in their order."""
+        return Batch.from_rows([p.ids for p in prompts], self.tokenizer.pad_id, side="left",
+                               pixel_values=self.images.pixels([i for p in prompts
+                                                                for i in p.images]),
+                               images_per_row=[len(p.images) for p in prompts])
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling = Sampling(),
+                 generator: torch.Generator | None = None, sort_by_length: bool = True,
+                 on_batch: OnBatch | None = None, on_text: OnText | None = None,
+                 progress: bool = False) -> list[str]:
+        """Answers for `prompts`, in their order.
+
+        sort_by_length groups prompts of similar length (the results do not depend on it for
+        greedy decoding); sampling with a seeded `generator` keeps the given order so that the
+        same inputs draw the same samples."""
+        order = (sorted(range(len(prompts)), key=lambda i: (len(prompts[i].ids), i))
+                 if sort_by_length else list(range(len(prompts))))
+        answers: list[str] = [""] * len(prompts)
+        self.model.eval()
+        bar = tqdm(total=len(order), desc="generate", unit="q", disable=not progress,
+                   leave=False)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            texts, seconds = self._run([prompts[i] for i in chunk], sampling, generator,
+                                       None if on_text is None else
+                                       lambda row, text, chunk=chunk: on_text(chunk[row], text))
+            for i, text in zip(chunk, texts, strict=True):
+                answers[i] = text
+            if on_batch is not None:
+                on_batch(chunk, texts, seconds)
+            bar.update(len(chunk))
+        bar.close()
+        return answers
+
+    def _run(self, prompts: Sequence[Prompt], sampling: Sampling,
+             generator: torch.Generator | None,
+             on_text: Callable[[int, str], None] | None) -> tuple[list[str], float]:
+        """One batch: its texts and the seconds generation took (images loaded before)."""
+        tok = self.tokenizer
+        stream = _Stream(tok, len(prompts), sampling.stop, on_text) \
+            if sampling.stop or on_text is not None else None
+        batch = self.batch(prompts)
+        tick = time.perf_counter()
+        with torch.inference_mode():
+            batch = batch.to(self.device)
+            new = self.model.generate(
+                batch.input_ids, batch.attention_mask, batch.pixel_values,
+                max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, generator=generator, image_rows=batch.image_rows,
+                on_step=None if stream is None else stream.step).tolist()
+        seconds = time.perf_counter() - tick
+        texts = [tok.decode_answer(row) for row in new]
+        return (texts if not sampling.stop else [_cut(t, sampling.stop) for t in texts]), seconds
+
+
+class _Stream:
+    """Decodes each row after every step: streams its text and finds stop strings."""
+
+    def __init__(self, tokenizer: Any, rows: int, stop: Sequence[str],
+                 on_text: Callable[[int, str], None] | None):
+        self.tokenizer, self.stop, self.on_text = tokenizer, tuple(stop), on_text
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.done = [False] * rows
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        for row, token in enumerate(tokens.tolist()):
+            if self.done[row]:
+                continue
+            self.tokens[row].append(token)
+            if token == self.tokenizer.end_id:
+                self.done[row] = True
+                continue
+            text = self.tokenizer.decode_answer(self.tokens[row])
+            if self.on_text is not None:
+                self.on_text(row, _cut(text, self.stop))
+            if any(s in text for s in self.stop):
+                self.done[row] = True
+        return torch.tensor(self.done)
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the first occurrence of any stop string."""
+    ends = [i for s in stop if s and (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else text
+
+
+def answer(model: TinyVLM, prompt: str, images: Sequence[Any] = (),
+           sampling: Sampling = Sampling(), seed: int = 0) -> str:
+    """One answer to one prompt about `images` (placeholders added in front when the prompt
+    has none): what `tinyvlm generate` prints."""
+    try:
+        (prompt,) = place_images([prompt], len(images))
+    except ValueError as e:
+        raise InputError(f"the prompt has {e}") from None
+    engine = Engine(model, batch_size=1)
+    generator = torch.Generator(device=engine.device).manual_seed(seed)
+    conv = Conversation("prompt", list(images), [(prompt, "")])
+    return engine.generate([engine.encode_conversation(conv)], sampling, generator)[0]

@@ -1,0 +1,59 @@
+"""Where and how training runs: the device, autocast precision, the process's rank among
+`world_size` processes, and the wrapper a parallel runtime puts around the model.
+
+One process on the CPU is the runtime exercised here; the loop reads everything device- or
+rank-dependent from this object, so a distributed runtime changes this file, not the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class Runtime:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process logs and writes files."""
+        return self.rank == 0
+
+    def autocast(self, precision: str) -> AbstractContextManager[None]:
+        """bf16 autocast on this runtime's device type, or nothing for fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """The module the loop steps (a data-parallel wrapper on several processes)."""
+        return module
+
+    def all_reduce_sum(self, value: float) -> float:
+        """The sum of `value` over every process."""
+        return value
+
+    def shard(self, items: Sequence[T]) -> Sequence[T]:
+        """This process's share of a global batch."""
+        return items[self.rank :: self.world_size]
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The random state a checkpoint keeps: the CPU generator's, and the device's."""
+        state = {"rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["rng"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
