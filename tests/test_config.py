@@ -75,3 +75,42 @@ def test_shapesworld_keys_are_checked_at_load(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"r\.yaml: unknown key 'recipe\.data\.shapes\.num_trian'.*"
                                          r"'num_train'"):
         load_recipe(path)
+
+
+def test_earlier_spellings_of_stage_keys_still_load_with_a_note(tmp_path: Path) -> None:
+    from tinyvlm.config import RenamedKeyWarning
+
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(
+        "name: old\nmodels: {teacher: {}}\nstages:\n"
+        "  - {name: t, model: teacher}\n"
+        "  - {name: s}\n"
+        "  - {name: m, objective: mimic, distill: {teacher: 'stage:t'}}\n"
+        "  - {name: u, action: upcycle, moe: {experts: 2, top_k: 1}}\n"
+        "  - {name: p, action: preference_build, pairs: {samples: 2}}\n"
+        "  - {name: pref, objective: preference, preference: {pairs: 'stage:p', "
+        "teacher: 'stage:t'}}\n")
+    with pytest.warns(RenamedKeyWarning) as notes:
+        r = load_recipe(recipe)
+    assert len(notes) == 4
+    assert r.stages[2].mimic is not None and r.stages[2].mimic.teacher == "stage:t"
+    assert r.stages[3].upcycle is not None and r.stages[3].upcycle.experts == 2
+    assert r.stages[4].action == "build_pairs" and r.stages[4].build_pairs.samples == 2
+    recipe.write_text("name: both\nstages:\n  - {name: m, objective: mimic, "
+                      "distill: {teacher: x}, mimic: {teacher: x}}\n")
+    with pytest.raises(InputError, match="both 'distill' and its new name 'mimic'"):
+        load_recipe(recipe)
+
+
+def test_imports_point_one_way() -> None:
+    """The package's import graph has no cycle between files or subpackages."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "import_graph.py"
+    if not tool.is_file():
+        pytest.skip("the import-graph tool is not beside this checkout")
+    src = Path(__file__).resolve().parents[1] / "src" / "tinyvlm"
+    done = subprocess.run([sys.executable, str(tool), str(src)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+    assert "0 file cycles; 0 package cycles" in done.stdout

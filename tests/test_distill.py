@@ -180,3 +180,64 @@ def test_cache_teacher_command(shapes_tokenizer: Tokenizer, shapes_dir: Path, tm
     code, _, err = run_cli([*args[:4], str(tmp_path / "missing.json"), *args[5:]],
                            monkeypatch, capsys)
     assert code == 2 and "data file not found" in err
+
+
+def other_resolution_teacher(tok: Tokenizer, root: Path) -> Path:
+    """A teacher that sees 64 px images in 32 px patches (4 tokens per image), where the
+    student sees 32 px images in 8 px patches (16 tokens per image)."""
+    config = tiny_model_config(dim=48, heads=4)
+    config.vision.image_size, config.vision.patch_size = 64, 32  # 4 tokens per image
+    torch.manual_seed(5)
+    TinyVLM.from_tokenizer(config, tok).save_pretrained(root)
+    return root
+
+
+def test_a_teacher_with_another_image_layout_reads_its_own_batch(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
+    teacher_dir = other_resolution_teacher(shapes_tokenizer, tmp_path / "t")
+    student = TinyVLM.from_pretrained(model_dir(shapes_tokenizer, tmp_path / "s", seed=2))
+    st = mimic_stage(teacher_dir, temperature=2.0)
+    obj = build_objective("mimic", student, st)
+    batch = first_batch(obj, student, shapes_dir, st)
+    assert batch.teacher is not None and obj.teacher is not None
+    assert obj.teacher.image_tokens == 4 and student.image_tokens == 16
+    assert batch.teacher.pixel_values.shape[-1] == 64 and batch.student.pixel_values.shape[-1] == 32
+    out = obj(student, batch)
+    # By hand: each model on its own batch, forward KL at the response positions, in order.
+    s, t = batch.student, batch.teacher
+    with torch.no_grad():
+        s_logits = student(s.input_ids, s.attention_mask, s.pixel_values).logits
+        t_logits = obj.teacher.model(t.input_ids, t.attention_mask, t.pixel_values).logits
+    s_rows = torch.log_softmax(s_logits[s.target_ids != -100] / 2.0, -1)
+    t_rows = torch.log_softmax(t_logits[t.target_ids != -100] / 2.0, -1)
+    expected = (t_rows.exp() * (t_rows - s_rows)).sum(-1).mean() * 4.0
+    assert out.metrics["kd"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_rdist_needs_the_same_visual_tokens(shapes_tokenizer: Tokenizer, shapes_dir: Path,
+                                            tmp_path: Path) -> None:
+    teacher_dir = other_resolution_teacher(shapes_tokenizer, tmp_path / "t")
+    student = TinyVLM.from_pretrained(model_dir(shapes_tokenizer, tmp_path / "s", seed=2))
+    st = mimic_stage(teacher_dir, rdist_weight=1.0)
+    obj = build_objective("mimic", student, st)
+    with pytest.raises(InputError, match="rdist compares visual tokens one to one"):
+        obj(student, first_batch(obj, student, shapes_dir, st))
+
+
+@pytest.mark.parametrize("kw", [{}, {"rdist_weight": 1.0, "kind": "js"}])
+def test_own_teacher_batches_give_the_losses_of_shared_ones(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path, kw: dict) -> None:
+    """Today's recipes: the teacher reads the student's layout, so its own batch is the
+    student's and the losses are the same to the last bit."""
+    teacher_dir = model_dir(shapes_tokenizer, tmp_path / "t", seed=1, dim=48, heads=4)
+    student = TinyVLM.from_pretrained(model_dir(shapes_tokenizer, tmp_path / "s", seed=2))
+    st = mimic_stage(teacher_dir, **kw)
+    obj = build_objective("mimic", student, st)
+    assert isinstance(obj, Mimic) and obj._shared
+    shared = first_batch(obj, student, shapes_dir, st)
+    obj._shared = False
+    own = first_batch(obj, student, shapes_dir, st)
+    assert shared.teacher is None and own.teacher is not None
+    assert torch.equal(own.teacher.input_ids, own.student.input_ids)
+    a, b = obj(student, shared), obj(student, own)
+    assert torch.equal(a.loss, b.loss) and a.metrics == b.metrics

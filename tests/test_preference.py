@@ -350,3 +350,18 @@ def test_moe_student_records_only_the_policy_pass(shapes_tokenizer: Tokenizer,
     # One record per MoE layer of the student: the reference's routers are not counted.
     assert len(out.records) == len(plain.records) == 1
     assert float(out.loss.detach()) == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_a_reference_with_its_own_batches_gives_the_same_loss(shapes_tokenizer: Tokenizer,
+                                                              shapes_dir: Path,
+                                                              pairs_file: Path) -> None:
+    student = make_model(shapes_tokenizer, seed=3)
+    stage = pref_stage(pairs_file, reference="initial", loss="ipo", sft_weight=0.5)
+    obj = build_objective("preference", student, stage)
+    source = obj.data(student, tiny_recipe(shapes_dir).data, stage)
+    shared = source.collate(source.items[:4])
+    obj._shared = False
+    own = obj.data(student, tiny_recipe(shapes_dir).data, stage).collate(source.items[:4])
+    assert shared.reference is None and torch.equal(own.reference.input_ids,
+                                                    own.pairs.batch.input_ids)
+    assert torch.equal(obj(student, shared).loss, obj(student, own).loss)

@@ -280,13 +280,24 @@ def _count(rng: random.Random, options: Sequence[tuple[str, int]]) -> tuple[str,
 
 
 def questions(scene: Scene, rng: random.Random) -> list[Question]:
-    """One question per applicable template, in QUESTION_KINDS order; answers are one lowercase word
-    or a digit. Referring expressions are unique in the scene; yes/no answers are balanced."""
+    """One question per applicable kind, in QUESTION_KINDS order; answers are one lowercase
+    word or a digit. Referring expressions are unique in the scene; yes/no answers are
+    balanced. The kinds draw from `rng` in that order, so a scene's questions are fixed."""
+    out = _attribute_questions(scene, rng)
+    out.update(_relation_questions(scene, rng))
+    return [
+        Question(*qa, kind, list(QUESTION_KINDS[kind]))
+        for kind in QUESTION_KINDS
+        if (qa := out.get(kind)) is not None
+    ]
+
+
+def _attribute_questions(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str] | None]:
+    """Counting, attribute and reading questions."""
     objs, w = scene.objects, scene.word
     cats = Counter(o.category for o in objs)
     unique = [o for o in objs if cats[o.category] == 1]
     shape_n, colour_n = Counter(o.shape for o in objs), Counter(o.colour for o in objs)
-    region = {rel: [o for o in objs if relation_to_word(o, w, rel)] for rel in RELATIONS}
     solo_shape = [o for o in objs if shape_n[o.shape] == 1]
     solo_colour = [o for o in objs if colour_n[o.colour] == 1]
     out: dict[str, tuple[str, str] | None] = {}
@@ -306,6 +317,16 @@ def questions(scene: Scene, rng: random.Random) -> list[Question]:
         out["size_of"] = (f"what size is the {o.category}?", o.size)
     out["ocr"] = ("what word is written in the image?", w.text)
     out["ocr_letters"] = ("how many letters does the word have?", str(len(w.text)))
+    return out
+
+
+def _relation_questions(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str] | None]:
+    """Spatial relations, existence, and their combinations with counting."""
+    objs, w = scene.objects, scene.word
+    cats = Counter(o.category for o in objs)
+    unique = [o for o in objs if cats[o.category] == 1]
+    region = {rel: [o for o in objs if relation_to_word(o, w, rel)] for rel in RELATIONS}
+    out: dict[str, tuple[str, str] | None] = {}
     pairs = [
         (f"is the {a.category} {rel} the {b.category}?", ans)
         for a in unique
@@ -335,11 +356,7 @@ def questions(scene: Scene, rng: random.Random) -> list[Question]:
         for rel in RELATIONS
     ]
     out["exist_rel"] = _balanced(rng, probes)
-    return [
-        Question(*qa, kind, list(QUESTION_KINDS[kind]))
-        for kind in QUESTION_KINDS
-        if (qa := out.get(kind)) is not None
-    ]
+    return out
 
 
 def _exist(rng: random.Random, present: set[str]) -> tuple[str, str]:

@@ -8,6 +8,9 @@ Conventions shared by every function here:
 - Token-level losses return (mean over selected units, number of units): the loop weights
   micro-batches by that count, so accumulation is token-weighted.
 - The teacher (or reference) side is a target: it is detached and never receives gradient.
+
+Longer than the house's ~400 lines on purpose: every loss the objectives use (divergences,
+token masks, relation distillation, the DPO family) shares the conventions above, stated once.
 """
 
 from __future__ import annotations
@@ -294,7 +297,45 @@ def sequence_logps(logits: Tensor, target_ids: Tensor, average: bool = False) ->
     return total
 
 
-PREFERENCE_LOSSES = ("sigmoid", "robust", "ipo", "hinge", "kto_pair")
+def _sigmoid(chosen: Tensor, rejected: Tensor, beta: float, eps: float, *_: Tensor | None
+             ) -> Tensor:
+    h = chosen - rejected
+    return -(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+
+
+def _robust(chosen: Tensor, rejected: Tensor, beta: float, eps: float, *_: Tensor | None
+            ) -> Tensor:
+    h = chosen - rejected
+    return ((-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h))
+            / (1.0 - 2.0 * eps))
+
+
+def _hinge(chosen: Tensor, rejected: Tensor, beta: float, *_: object) -> Tensor:
+    return torch.relu(1.0 - beta * (chosen - rejected))
+
+
+def _ipo(chosen: Tensor, rejected: Tensor, beta: float, eps: float,
+         chosen_lengths: Tensor | None, rejected_lengths: Tensor | None) -> Tensor:
+    h = chosen - rejected
+    if chosen_lengths is not None and rejected_lengths is not None:
+        h = (chosen / chosen_lengths.float().clamp(min=1.0)
+             - rejected / rejected_lengths.float().clamp(min=1.0))
+    return (h - 1.0 / (2.0 * beta)).square()
+
+
+def _kto_pair(chosen: Tensor, rejected: Tensor, beta: float, *_: object) -> Tensor:
+    z_chosen = chosen.detach().mean().clamp(min=0.0)
+    z_rejected = rejected.detach().mean().clamp(min=0.0)
+    return 0.5 * ((1.0 - torch.sigmoid(beta * (chosen - z_rejected)))
+                  + (1.0 - torch.sigmoid(beta * (z_chosen - rejected))))
+
+
+# Kind -> (chosen log-ratios, rejected log-ratios, beta, label smoothing, chosen lengths,
+# rejected lengths) -> one loss per pair; see preference_loss for each formula.
+_PREFERENCE: dict[str, Callable[..., Tensor]] = {
+    "sigmoid": _sigmoid, "robust": _robust, "ipo": _ipo, "hinge": _hinge, "kto_pair": _kto_pair,
+}
+PREFERENCE_LOSSES = tuple(_PREFERENCE)
 
 
 @dataclass
@@ -357,27 +398,10 @@ def preference_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
         raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}")
     chosen = policy_chosen_logps.float() - reference_chosen_logps.detach().float()
     rejected = policy_rejected_logps.float() - reference_rejected_logps.detach().float()
-    h = chosen - rejected
-    eps = label_smoothing
-    if kind == "sigmoid":
-        losses = -(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
-    elif kind == "robust":
-        losses = ((-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h))
-                  / (1.0 - 2.0 * eps))
-    elif kind == "hinge":
-        losses = torch.relu(1.0 - beta * h)
-    elif kind == "ipo":
-        if (chosen_lengths is None) != (rejected_lengths is None):
-            raise ValueError("ipo needs both chosen_lengths and rejected_lengths, or neither")
-        if chosen_lengths is not None and rejected_lengths is not None:
-            h = (chosen / chosen_lengths.float().clamp(min=1.0)
-                 - rejected / rejected_lengths.float().clamp(min=1.0))
-        losses = (h - 1.0 / (2.0 * beta)).square()
-    else:  # kto_pair
-        z_chosen = chosen.detach().mean().clamp(min=0.0)
-        z_rejected = rejected.detach().mean().clamp(min=0.0)
-        losses = 0.5 * ((1.0 - torch.sigmoid(beta * (chosen - z_rejected)))
-                        + (1.0 - torch.sigmoid(beta * (z_chosen - rejected))))
+    if kind == "ipo" and (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("ipo needs both chosen_lengths and rejected_lengths, or neither")
+    losses = _PREFERENCE[kind](chosen, rejected, beta, label_smoothing,
+                               chosen_lengths, rejected_lengths)
     return PreferenceOutput(losses, beta * chosen.detach(), beta * rejected.detach())
 
 
