@@ -200,7 +200,7 @@ def test_generate_checks_the_length_up_front(model: TinyVLM) -> None:
 def test_save_load_round_trip(model: TinyVLM, tmp_path: Path) -> None:
     path = model.save_pretrained(tmp_path / "m")
     assert {p.name for p in path.iterdir()} == {"config.json", "model.safetensors",
-                                                "tokenizer.json", "README.md"}
+                                                "tokenizer.json", "README.md", "checksums.json"}
     loaded = TinyVLM.from_pretrained(path).eval()
     assert loaded.config == model.config
     ids, mask = prompts(model, ["how many shapes?"])
@@ -225,7 +225,65 @@ def test_from_pretrained_errors(model: TinyVLM, tmp_path: Path) -> None:
         TinyVLM.from_pretrained(tmp_path / "empty")
     path = model.save_pretrained(tmp_path / "m")
     (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="model.safetensors does not match its checksum"):
+        TinyVLM.from_pretrained(path)
+    (path / "checksums.json").unlink()  # a directory written before checksums existed
     with pytest.raises(InputError, match="cannot read weights"):
+        TinyVLM.from_pretrained(path)
+
+
+def test_a_flipped_byte_is_detected_not_loaded(model: TinyVLM, tmp_path: Path) -> None:
+    path = model.save_pretrained(tmp_path / "m")
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-10] ^= 0x01  # inside the last tensor: safetensors itself would load it
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="model.safetensors does not match its checksum"):
+        TinyVLM.from_pretrained(path)
+
+
+def test_model_directories_get_the_usual_file_modes(model: TinyVLM, tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = model.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in path.iterdir()} == {0o644}
+
+
+def test_config_and_tokenizer_mismatches_are_clear_errors(model: TinyVLM, tokenizer: Tokenizer,
+                                                          tmp_path: Path) -> None:
+    import json
+
+    path = model.save_pretrained(tmp_path / "m")
+    (path / "checksums.json").unlink()
+    config = json.loads((path / "config.json").read_text())
+    config["language"]["vocab_size"] = 5
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="tokenizer.json has 29 tokens but the embedding only 5"):
+        TinyVLM.from_pretrained(path)
+    config["language"]["vocab_size"] = tokenizer.vocab_size
+    config["language"]["heads"] = 5
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"config\.language\.heads' must be a divisor of dim"):
+        TinyVLM.from_pretrained(path)
+    config["language"]["heads"] = 4
+    config["connector"]["kind"] = "nope"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="cannot build the model of config.json: unknown "
+                                         "connector kind 'nope'"):
+        TinyVLM.from_pretrained(path)
+
+
+def test_loading_non_finite_weights_warns(model: TinyVLM, tmp_path: Path) -> None:
+    from tinyvlm.models.vlm import NonFiniteWeightsWarning
+
+    with torch.no_grad():
+        model.language.norm.weight[0] = float("nan")
+    path = model.save_pretrained(tmp_path / "m")
+    with pytest.warns(NonFiniteWeightsWarning, match="1 weight tensors hold NaN"):
         TinyVLM.from_pretrained(path)
 
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from tinyvlm.data.collate import Batch
 from tinyvlm.data.conversation import Conversation, Turn, place_images
 from tinyvlm.data.images import ImageStore
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.progress import Progress
 
 
 @dataclass
@@ -139,8 +139,7 @@ class Engine:
                  if sort_by_length else list(range(len(prompts))))
         answers: list[str] = [""] * len(prompts)
         self.model.eval()
-        bar = tqdm(total=len(order), desc="generate", unit="q", disable=not progress,
-                   leave=False)
+        bar = Progress(len(order), "generate", "q", enabled=progress, leave=False)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             texts, seconds = self._run([prompts[i] for i in chunk], sampling, generator,

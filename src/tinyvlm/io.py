@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,12 @@ def _umask() -> int:
     return mask
 
 
+def usual_mode(path: Path) -> None:
+    """The mode open() would have given the file (0644 under umask 022): some writers
+    (mkstemp, safetensors) create files private."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the same directory; rename it over `path` only on success.
@@ -37,7 +44,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # mkstemp creates the file private (0600); the result gets the usual mode, as if
         # written with open().
         if Path(tmp).exists():
-            os.chmod(tmp, 0o666 & ~_umask())
+            usual_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -72,7 +79,7 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise InputError("file not found", path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is accepted
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
     except UnicodeDecodeError:
@@ -90,7 +97,7 @@ def read_jsonl_numbered(path: str | Path) -> list[tuple[int, Any]]:
         raise InputError("file not found", path)
     rows = []
     try:
-        with open(path, encoding="utf-8", errors="strict") as f:
+        with open(path, encoding="utf-8-sig", errors="strict") as f:  # a BOM is accepted
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -121,9 +128,53 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # mkdtemp makes the directory private (0700); the result gets the usual mode.
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+CHECKSUMS = "checksums.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(directory: str | Path) -> Path:
+    """checksums.json: the SHA-256 of every file under `directory` (relative paths), written
+    last, so a complete directory is one whose files all match it."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*")
+                   if p.is_file() and p != directory / CHECKSUMS)
+    sums = {p.relative_to(directory).as_posix(): file_sha256(p) for p in files}
+    write_json(directory / CHECKSUMS, {"sha256": sums})
+    return directory / CHECKSUMS
+
+
+def check_checksums(directory: str | Path) -> str | None:
+    """None when `directory` matches its checksums.json (or has none, as older ones do);
+    otherwise what is wrong, naming the file."""
+    directory = Path(directory)
+    manifest = directory / CHECKSUMS
+    if not manifest.is_file():
+        return None
+    try:
+        sums = json.loads(manifest.read_text())["sha256"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return f"{CHECKSUMS} is unreadable"
+    for name, digest in sums.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_sha256(path) != digest:
+            return f"{name} does not match its checksum (the file is corrupt or was changed)"
+    return None

@@ -11,11 +11,13 @@ pairs files and their temporary siblings), never anything else found there.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -136,6 +138,15 @@ class RunDir:
         if self.is_main and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
 
+    def clear_temporaries(self, stage: str) -> None:
+        """Remove what interrupted atomic writes of a stage left behind."""
+        d = self.inside(self.stage_dir(stage))
+        if not self.is_main or not d.is_dir() or d.is_symlink():
+            return
+        for p in d.iterdir():
+            if _is_temp_of(p.name) and not p.is_symlink():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
     def clear_stage(self, stage: str) -> None:
         """Forget an earlier run of a stage: its step directories, its pairs file and the
         temporary leftovers of interrupted writes. Anything else there stays."""
@@ -144,13 +155,36 @@ class RunDir:
             return
         for step in self.steps(stage):
             self.remove_step(stage, step)
-        for p in d.iterdir():
-            if p.name == "pairs.jsonl" and p.is_file():
-                p.unlink()
-            elif _is_temp_of(p.name) and not p.is_symlink():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self.clear_temporaries(stage)
+        if (d / "pairs.jsonl").is_file():
+            (d / "pairs.jsonl").unlink()
         if not any(d.iterdir()):
             d.rmdir()
+
+    # ---------------------------------------------------------------- one writer at a time
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for one process: a second run into it is refused (the lock
+        goes with the process, so a killed run leaves none behind)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError("the output directory is a file", self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise InputError(f"another run is using this directory ({holder}); wait for it "
+                                 "or choose another --out", self.root) from None
+            f.truncate(0)
+            f.write(f"pid {os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- metrics.jsonl
 

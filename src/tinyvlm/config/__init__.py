@@ -5,6 +5,7 @@ module), so the same objects are written to config.json (model directories) and 
 YAML recipes. Unknown keys are errors that name the file and the closest valid key.
 """
 
+from tinyvlm.config.checks import check_model
 from tinyvlm.config.data import DataConfig, ShapesWorldConfig, TokenizerConfig
 from tinyvlm.config.model import (
     MODEL_MODULES,
@@ -15,7 +16,6 @@ from tinyvlm.config.model import (
     ModelConfig,
     MoEConfig,
     VisionConfig,
-    check_model,
 )
 from tinyvlm.config.recipe import (
     Recipe,

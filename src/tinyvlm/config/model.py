@@ -192,12 +192,3 @@ class ModelConfig:
     bos_token_id: int = 2
     image_token_id: int = 3
     eos_token_id: int = 6
-
-
-def check_model(config: ModelConfig, source: str | Path | None = None, key: str = "model"
-                ) -> None:
-    """Values a type check cannot judge (MoE settings), as one InputError naming the key."""
-    if config.vision.moe is not None:
-        config.vision.moe.check(config.vision.depth, source, f"{key}.vision.moe")
-    if config.language.moe is not None:
-        config.language.moe.check(config.language.depth, source, f"{key}.language.moe")

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyvlm.config.checks import build_pairs_rules, check_model, data_rules, require, stage_rules
 from tinyvlm.config.data import DataConfig, TokenizerConfig
-from tinyvlm.config.model import MODEL_MODULES, ModelConfig, check_model
+from tinyvlm.config.model import MODEL_MODULES, ModelConfig
 from tinyvlm.config.stages import EvalConfig, StageConfig
 from tinyvlm.errors import InputError, closest
 from tinyvlm.rundir import check_plain_name
@@ -102,6 +103,8 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
     """Cross-references a dict check cannot see: names, stage models, stage references, the
     sections stage kinds need, and MoE settings; all before anything trains."""
     check_plain_name(recipe.name, "recipe.name", source)
+    for prefix, rules in data_rules(recipe.data, recipe.tokenizer, recipe.eval, recipe.threads):
+        require(rules, prefix, source)
     check_model(recipe.model, source, "recipe.model")
     for name, model in recipe.models.items():
         check_model(model, source, f"recipe.models.{name}")
@@ -128,6 +131,10 @@ def _check_stage(recipe: Recipe, stage: StageConfig, key: str, kinds: dict[str, 
     # A kind's settings live in the stage field of the kind's name (mimic, upcycle, ...).
     if stage.kind in _SECTIONS and getattr(stage, stage.kind) is None:
         raise InputError(f"{key}: {_kind_label(stage)} needs a '{stage.kind}' section", source)
+    if stage.action == "train":
+        require(stage_rules(stage), key, source)
+    if stage.action == "build_pairs" and stage.build_pairs is not None:
+        require(build_pairs_rules(stage.build_pairs), f"{key}.build_pairs", source)
     if stage.action == "upcycle" and stage.upcycle is not None:
         stage.upcycle.check(recipe.stage_model(stage).language.depth, source, f"{key}.upcycle")
         if not stage.upcycle.normalize_gates or stage.upcycle.task_routing != "none":
@@ -157,16 +164,21 @@ def _kind_label(stage: StageConfig) -> str:
             else f"action '{stage.action}'")
 
 
-def stage_refs(stage: StageConfig) -> dict[str, str]:
-    """Every "stage:NAME" reference of a stage, by the key it stands under."""
+def stage_refs(stage: StageConfig, every: bool = False) -> dict[str, str]:
+    """Every "stage:NAME" reference of a stage, by the key it stands under; with `every`,
+    also the models and files it names by path."""
     refs = {f"init.{k}": v for k, v in stage.init.items()}
     candidates = {
         "mimic.teacher": stage.mimic.teacher if stage.mimic else "",
-        "preference.teacher": stage.preference.teacher if stage.preference else "",
+        "preference.teacher": (stage.preference.teacher
+                               if stage.preference and stage.preference.reference == "teacher"
+                               else ""),
         "preference.pairs": (stage.preference.pairs or "") if stage.preference else "",
         "build_pairs.teacher": stage.build_pairs.teacher if stage.build_pairs else "",
     }
-    refs.update({k: v for k, v in candidates.items() if v.startswith("stage:")})
+    refs.update({k: v for k, v in candidates.items() if v and (every or v.startswith("stage:"))})
+    if not every:
+        refs = {k: v for k, v in refs.items() if v.startswith("stage:")}
     return refs
 
 

@@ -103,6 +103,9 @@ class StageConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float | None = 1.0
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    # A step whose loss or gradient is NaN or inf: "stop" the stage naming the step (the
+    # last checkpoint stays the result), or "skip" it (no update) and count it.
+    on_nonfinite: str = "stop"
     checkpoint_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     log_every: int = 10

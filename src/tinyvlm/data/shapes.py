@@ -430,10 +430,8 @@ def _record(
     """A LLaVA conversation record; `<image>` goes with the first human turn only."""
     turns: list[dict[str, str]] = []
     for k, q in enumerate(qa):
-        if k:
-            prompt = q.text
-        else:
-            prompt = f"{q.text}\n{IMAGE}" if question_first else f"{IMAGE}\n{q.text}"
+        first = f"{q.text}\n{IMAGE}" if question_first else f"{IMAGE}\n{q.text}"
+        prompt = q.text if k else first
         turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": q.answer}]
     meta = [{"type": q.type, "capabilities": list(q.capabilities), **(extra or {})} for q in qa]
     return {"id": rid, "image": image, "conversations": turns, "meta": meta}

@@ -69,7 +69,10 @@ class Tokenizer:
             backend = Backend.from_file(str(path))
         except Exception as e:  # the Rust library raises a plain Exception
             raise InputError(f"not a valid tokenizer.json ({e})", path) from None
-        return cls(backend, chat)
+        try:
+            return cls(backend, chat)
+        except ValueError as e:
+            raise InputError(str(e), path) from None
 
     def save(self, path: str | Path) -> None:
         write_text(path, self.backend.to_str(pretty=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,15 @@ from torch import Tensor, nn
 from tinyvlm.config import MODEL_MODULES, ModelConfig, check_model
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
-from tinyvlm.io import atomic_dir, read_json, write_json, write_text
+from tinyvlm.io import (
+    atomic_dir,
+    check_checksums,
+    read_json,
+    usual_mode,
+    write_checksums,
+    write_json,
+    write_text,
+)
 from tinyvlm.models.connectors import build_connector
 from tinyvlm.models.context import ForwardContext, VisualConditioning
 from tinyvlm.models.language import KVCache, LanguageModel
@@ -195,8 +204,10 @@ class TinyVLM(nn.Module):
                                              "format_version": FORMAT_VERSION,
                                              **to_dict(self.config)})
             save_file(self._tensors(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            usual_mode(tmp / "model.safetensors")
             self.tokenizer.save(tmp / "tokenizer.json")
             write_text(tmp / "README.md", card or self.model_card())
+            write_checksums(tmp)
         return directory
 
     @classmethod
@@ -215,11 +226,17 @@ class TinyVLM(nn.Module):
             raise InputError(f"unsupported format_version {version!r}", cfg_path)
         config = from_dict(ModelConfig, raw, source=cfg_path, key="config")
         check_model(config, cfg_path, "config")
-        tokenizer = Tokenizer.load(directory / "tokenizer.json", config.chat)
-        model = cls(config, tokenizer)
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise InputError("model.safetensors is missing", directory)
+        if (problem := check_checksums(directory)) is not None:
+            raise InputError(problem, directory)
+        tokenizer = Tokenizer.load(directory / "tokenizer.json", config.chat)
+        _check_tokenizer(tokenizer, config, directory)
+        try:
+            model = cls(config, tokenizer)
+        except ValueError as e:
+            raise InputError(f"cannot build the model of config.json: {e}", cfg_path) from None
         try:
             state = load_file(str(weights), device=map_location)
         except Exception as e:  # safetensors raises its own error types
@@ -244,6 +261,11 @@ class TinyVLM(nn.Module):
             if tensor.shape != expected[name].shape:
                 raise InputError(f"'{name}' has shape {tuple(tensor.shape)}, the config "
                                  f"expects {tuple(expected[name].shape)}", source)
+        bad = [n for n, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            warnings.warn(f"{source}: {len(bad)} weight tensors hold NaN or inf values "
+                          f"({', '.join(bad[:3])}); the model's outputs will be too",
+                          NonFiniteWeightsWarning, stacklevel=2)
         self.load_state_dict(state, strict=False)
 
     def num_parameters(self) -> int:
@@ -269,6 +291,23 @@ class TinyVLM(nn.Module):
             "Load with `tinyvlm.TinyVLM.from_pretrained(path)`; try it with "
             "`tinyvlm generate PATH --image IMG --prompt \"...\"`.\n"
         )
+
+
+class NonFiniteWeightsWarning(UserWarning):
+    """A model was loaded whose weights hold NaN or inf."""
+
+
+def _check_tokenizer(tokenizer: Tokenizer, config: ModelConfig, directory: Path) -> None:
+    """The tokenizer fits the embedding and its special tokens have the config's ids."""
+    if tokenizer.vocab_size > config.language.vocab_size:
+        raise InputError(f"tokenizer.json has {tokenizer.vocab_size} tokens but the embedding "
+                         f"only {config.language.vocab_size}", directory)
+    ids = {"pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id,
+           "image_token_id": tokenizer.image_id, "eos_token_id": tokenizer.end_id}
+    for key, tid in ids.items():
+        if getattr(config, key) != tid:
+            raise InputError(f"config.json's {key} is {getattr(config, key)} but the "
+                             f"tokenizer's is {tid}", directory)
 
 
 def positions_from_mask(attention_mask: Tensor | None, shape: torch.Size,

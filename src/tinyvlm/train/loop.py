@@ -9,6 +9,8 @@ or the process comes from a `Runtime`.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,12 +19,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from tinyvlm.config import MODEL_MODULES, StageConfig
 from tinyvlm.errors import InputError, closest
 from tinyvlm.models.moe import router_losses
 from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.progress import Progress
 from tinyvlm.rundir import RunDir
 from tinyvlm.schema import to_dict
 from tinyvlm.train.checkpoints import Checkpoints
@@ -141,7 +143,8 @@ class _Trainer:
         self.runtime.set_rng_state(state)
 
     def step(self, micro: Sequence[Any]) -> tuple[float, float, list[LossOutput]]:
-        """One optimizer step over the micro-batches: (loss, grad norm, their outputs)."""
+        """One optimizer step over the micro-batches: (loss, grad norm, their outputs). A
+        non-finite loss or gradient raises NonFiniteStep before the weights change."""
         outputs = []
         for batch in micro:
             with self.runtime.autocast(self.stage.precision):
@@ -158,13 +161,60 @@ class _Trainer:
             if p.grad is not None:
                 p.grad.div_(units)
         clip = self.stage.grad_clip
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, clip) if clip
-                     else _grad_norm(self.params))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip) if clip
+                          else _grad_norm(self.params))
+        loss = sum(float(o.loss.detach()) * o.units for o in outputs) / units
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()  # the schedule stays a function of the step
+            raise NonFiniteStep(loss, grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = sum(float(o.loss.detach()) * o.units for o in outputs) / units
-        return loss, float(grad_norm), outputs
+        return loss, grad_norm, outputs
+
+
+class NonFiniteStep(Exception):
+    def __init__(self, loss: float, grad_norm: float):
+        super().__init__(f"loss {loss}, gradient norm {grad_norm}")
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+class TrainingDiverged(InputError):
+    """A stage stopped at a step whose loss or gradient was not finite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a stage: the finished steps were saved first."""
+
+    def __init__(self, stage: str, step: int, saved: bool):
+        self.stage, self.step, self.saved = stage, step, saved
+        what = f"step {step} saved" if saved else "nothing to save yet"
+        super().__init__(f"interrupted in stage '{stage}' after step {step} ({what})")
+
+
+class _StopRequest:
+    """SIGINT and SIGTERM ask the loop to stop at the end of the current step (the step's
+    update is never cut in half); a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def train_stage(
@@ -194,53 +244,82 @@ def train_stage(
     objective.train()
     logged: list[dict[str, Any]] = []
     window = _Window()
-    bar = tqdm(total=stage.steps, initial=start, desc=stage.name, unit="step",
-               disable=not progress or not runtime.is_main, dynamic_ncols=True, leave=True)
-    for step in range(start, stage.steps):
-        tick = time.perf_counter()
-        micro = [data.collate([data.items[i] for i in
-                               runtime.shard(sampler(step * stage.grad_accum + k))])
-                 for k in range(stage.grad_accum)]
-        loss, grad_norm, outputs = trainer.step(micro)
-        window.add(loss, sum(b.num_tokens for b in micro), time.perf_counter() - tick,
-                   _mean_metrics(outputs))
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{window.tokens_per_s:,.0f}")
-        if done % stage.log_every == 0 or done == stage.steps:
-            row = {"stage": stage.name, "step": done, "loss": window.loss,
-                   "lr": stage.lr * schedule(step), "grad_norm": grad_norm,
-                   "tokens_per_s": window.tokens_per_s, **window.metrics()}
-            logged.append(row)
-            run.append_metrics(row)
-            window = _Window()
-        if done == stage.steps or (stage.checkpoint_every and done % stage.checkpoint_every == 0):
-            ckpts.save(done, model, trainer.state(done))
+    bar = Progress(stage.steps, stage.name, "step", start,
+                   enabled=progress and runtime.is_main)
+    skipped = 0
+    with _StopRequest() as stop:
+        for step in range(start, stage.steps):
+            tick = time.perf_counter()
+            micro = [data.collate([data.items[i] for i in
+                                   runtime.shard(sampler(step * stage.grad_accum + k))])
+                     for k in range(stage.grad_accum)]
+            try:
+                loss, grad_norm, outputs = trainer.step(micro)
+                window.add(loss, sum(b.num_tokens for b in micro), time.perf_counter() - tick,
+                           _mean_metrics(outputs))
+            except NonFiniteStep as e:
+                if stage.on_nonfinite == "stop":
+                    raise _diverged(stage, step, e, ckpts) from None
+                skipped += 1  # no update and no loss in the log window
+                loss, grad_norm = e.loss, e.grad_norm
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{window.tokens_per_s:,.0f}")
+            if done % stage.log_every == 0 or done == stage.steps:
+                row = {"stage": stage.name, "step": done, "loss": window.loss,
+                       "lr": stage.lr * schedule(step), "grad_norm": grad_norm,
+                       "tokens_per_s": window.tokens_per_s, **window.metrics()}
+                if stage.on_nonfinite == "skip":
+                    row["skipped_steps"] = skipped
+                logged.append(row)
+                run.append_metrics(row)
+                window = _Window()
+            at_checkpoint = done == stage.steps or (stage.checkpoint_every
+                                                    and done % stage.checkpoint_every == 0)
+            if at_checkpoint or stop.asked:
+                ckpts.save(done, model, trainer.state(done))
+            if stop.asked and done < stage.steps:
+                bar.close()
+                raise TrainingInterrupted(stage.name, done, True)
     bar.close()
     model.eval()
     model.requires_grad_(True)
     return logged
 
 
+def _diverged(stage: StageConfig, step: int, e: NonFiniteStep, ckpts: Checkpoints
+              ) -> TrainingDiverged:
+    steps = ckpts.steps()
+    last = f"its last checkpoint is step {steps[-1]}" if steps else "it has no checkpoint yet"
+    return TrainingDiverged(
+        f"stage '{stage.name}' stopped at step {step + 1}: {e} (lr {stage.lr}); nothing of "
+        f"this step was saved and {last}. Lower the lr, or set on_nonfinite: skip")
+
+
 def _restore_or_reset(run: RunDir, ckpts: Checkpoints, trainer: _Trainer, model: TinyVLM,
                       stage: StageConfig, resume: bool) -> int:
-    """The step to start from: the latest checkpoint's on resume; 0 on a fresh start, which
-    forgets an earlier run of this stage (its checkpoints must not survive to be mistaken
-    for this run's on a later resume)."""
-    steps = ckpts.steps()
-    if resume and steps:
-        trainer.load(ckpts.restore(steps[-1], model))
-        run.truncate_metrics(stage.name, steps[-1])
-        return steps[-1]
+    """The step to start from: the newest good checkpoint's on resume (0 without one); 0 on a
+    fresh start, which forgets an earlier run of this stage (its checkpoints must not survive
+    to be mistaken for this run's on a later resume). metrics.jsonl keeps no line past it."""
+    run.clear_temporaries(stage.name)
     if not resume:
         run.clear_stage(stage.name)
         run.truncate_metrics(stage.name, 0)
-    return 0
+        return 0
+    step = ckpts.latest_good()
+    if step is None:
+        run.truncate_metrics(stage.name, 0)
+        return 0
+    trainer.load(ckpts.restore(step, model))
+    run.truncate_metrics(stage.name, step)
+    return step
 
 
 def completed(run_dir: str | Path | RunDir, stage: StageConfig) -> bool:
+    """Whether the stage finished: its final checkpoint is there and intact."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    return stage.steps in run.steps(stage.name)
+    ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints)
+    return stage.steps in ckpts.steps() and ckpts.problem(stage.steps) is None
 
 
 def load_final(run_dir: str | Path | RunDir, stage: StageConfig, model: TinyVLM) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from tinyvlm.data.answers import normalize_answer
 from tinyvlm.data.conversation import (
@@ -29,6 +28,7 @@ from tinyvlm.errors import InputError
 from tinyvlm.infer import Engine, Sampling
 from tinyvlm.io import read_jsonl_numbered
 from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.progress import Progress
 from tinyvlm.train.losses import sequence_logps
 from tinyvlm.train.teacher import FrozenModel
 
@@ -147,8 +147,7 @@ def build_pairs(student: TinyVLM, conversations: Sequence[Conversation], n_sampl
     sampling = Sampling(max_new_tokens, temperature, top_p)
     was_training = student.training
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=len(prompts), desc="preference pairs", unit="prompt",
-               disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(prompts), "preference pairs", "prompt", enabled=progress)
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
 
 from tinyvlm.analysis.expert_load import write_expert_load
-from tinyvlm.config import DataConfig, Recipe, dump_yaml
+from tinyvlm.config import DataConfig, Recipe, dump_yaml, load_recipe, stage_refs
 from tinyvlm.data import shapes
 from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -67,31 +68,96 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     a stage may start a model from modules of an earlier stage's model, distil from an
     earlier stage's model, upcycle its model into experts or build preference pairs. With
     resume, finished stages are skipped (their final weights reloaded) and an interrupted
-    stage continues from its latest checkpoint. Returns the recipe's `model` as its last
-    stage left it.
+    stage continues from its newest good checkpoint; a recipe that changed in what the
+    checkpoints depend on is refused. One run at a time holds the directory. Returns the
+    recipe's `model` as its last stage left it.
     """
     check_runnable(recipe)
     runtime = runtime or Runtime()
     run = RunDir(run_dir, is_main=runtime.is_main)
-    run.root.mkdir(parents=True, exist_ok=True)
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    if run.is_main:
-        write_text(run.recipe, dump_yaml(recipe))
-    prepare_data(recipe.data, progress)
-    models: dict[str, TinyVLM] = {}
-    for stage in recipe.stages:
-        model = models.get(stage.model) or models.setdefault(
-            stage.model, build_model(recipe, run, stage.model).to(runtime.device))
-        STAGE_ACTIONS[stage.action](StageRun(stage, model, recipe, run, runtime, resume,
-                                             progress))
-    model = models.get("model") or build_model(recipe, run)
-    if run.is_main:
-        model.save_pretrained(run.model)
-    val = Path(recipe.data.path) / "val.json"
-    if val.is_file() and run.is_main:  # MoE models: which experts took which tokens
-        write_expert_load(model, load_llava(val), run.root)
+    with run.lock():
+        if recipe.threads:
+            torch.set_num_threads(recipe.threads)
+        if resume:
+            check_unchanged(recipe, run)
+        if run.is_main:
+            write_text(run.recipe, dump_yaml(recipe))
+        prepare_data(recipe.data, progress)
+        check_teachers(recipe, train_tokenizer(recipe, run))
+        models: dict[str, TinyVLM] = {}
+        for stage in recipe.stages:
+            model = models.get(stage.model) or models.setdefault(
+                stage.model, build_model(recipe, run, stage.model).to(runtime.device))
+            STAGE_ACTIONS[stage.action](StageRun(stage, model, recipe, run, runtime, resume,
+                                                 progress))
+        model = models.get("model") or build_model(recipe, run)
+        if run.is_main:
+            model.save_pretrained(run.model)
+        val = Path(recipe.data.path) / "val.json"
+        if val.is_file() and run.is_main:  # MoE models: which experts took which tokens
+            write_expert_load(model, load_llava(val), run.root)
     return model
+
+
+# Stage settings a checkpoint does not depend on: they may change between a run and its resume.
+_FREE_STAGE_KEYS = {"log_every", "checkpoint_every", "keep_checkpoints"}
+
+
+def check_unchanged(recipe: Recipe, run: RunDir) -> None:
+    """On resume: the recipe agrees with the one the run started with in everything its
+    checkpoints depend on (data, tokenizer, models, seed, each earlier stage's settings);
+    stages may be added at the end. One InputError naming the first difference otherwise."""
+    if not run.recipe.is_file():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # earlier spellings in an old run's recipe.yaml
+        old = load_recipe(run.recipe)
+    pairs: list[tuple[str, object, object]] = [
+        ("seed", old.seed, recipe.seed),
+        ("data.path", str(Path(old.data.path).resolve()), str(Path(recipe.data.path).resolve())),
+        ("data", {**to_dict(old.data), "path": "", "eval": []},
+         {**to_dict(recipe.data), "path": "", "eval": []}),
+        ("tokenizer", to_dict(old.tokenizer), to_dict(recipe.tokenizer)),
+        ("model", to_dict(old.model), to_dict(recipe.model)),
+        ("models", to_dict(old.models), to_dict(recipe.models)),
+    ]
+    for i, (was, now) in enumerate(zip(old.stages, recipe.stages, strict=False)):
+        pairs.append((f"stages[{i}]",
+                      {k: v for k, v in to_dict(was).items() if k not in _FREE_STAGE_KEYS},
+                      {k: v for k, v in to_dict(now).items() if k not in _FREE_STAGE_KEYS}))
+    for key, was, now in pairs:
+        where = first_difference(was, now, key)
+        if where is not None:
+            raise InputError(f"--resume: the recipe differs from the one this run started with "
+                             f"at {where}; its checkpoints depend on it. Resume with the same "
+                             "recipe, or start over without --resume or in another --out",
+                             run.recipe)
+
+
+def first_difference(a: object, b: object, key: str) -> str | None:
+    """'key.sub (old -> new)' for the first place two plain trees differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in dict.fromkeys([*a, *b]):
+            found = first_difference(a.get(k), b.get(k), f"{key}.{k}")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else f"recipe.{key} ({a!r} -> {b!r})"
+
+
+def check_teachers(recipe: Recipe, tokenizer: Tokenizer) -> None:
+    """Teachers, references and rankers given as model directories share the run's
+    vocabulary: checked before the first stage, not when their stage is reached."""
+    for i, stage in enumerate(recipe.stages):
+        for key, ref in stage_refs(stage, every=True).items():
+            if ref.startswith("stage:") or key.startswith("init.") or key.endswith(".pairs"):
+                continue
+            path = Path(ref) / "tokenizer.json"
+            theirs = Tokenizer.load(path).backend.get_vocab()
+            if theirs != tokenizer.backend.get_vocab():
+                raise InputError(f"recipe.stages[{i}].{key}: its vocabulary ({len(theirs)} "
+                                 f"tokens) is not the run's ({tokenizer.vocab_size} tokens): "
+                                 "distillation compares distributions token by token", ref)
 
 
 def resolve_stage_ref(ref: str, recipe: Recipe, run_dir: str | Path) -> Path:

@@ -18,6 +18,7 @@ import torch
 from tinyvlm.config import Recipe, StageConfig, stage_refs
 from tinyvlm.data.pairs import write_pairs
 from tinyvlm.errors import InputError, closest
+from tinyvlm.models.connectors import CONNECTORS
 from tinyvlm.models.surgery import upcycle
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.rundir import RunDir
@@ -94,7 +95,7 @@ def run_upcycle(r: StageRun) -> None:
     torch.manual_seed(stage.seed)  # the new routers: the same on every (re)run
     upcycle(r.model, stage.upcycle)
     ckpts = Checkpoints(r.run, stage.name, stage.keep_checkpoints)
-    if r.resume and 0 in ckpts.steps():
+    if r.resume and 0 in ckpts.steps() and ckpts.problem(0) is None:
         ckpts.restore(0, r.model)
         return
     init_modules(r)
@@ -161,8 +162,16 @@ def with_resolved_refs(r: StageRun) -> StageConfig:
 
 
 def check_runnable(recipe: Recipe, source: str | Path | None = None) -> None:
-    """Every stage's action and objective is registered and its settings are in range:
-    one InputError naming the stage, before any stage runs."""
+    """Every model's connector, every stage's action and objective is registered and the
+    stage's settings are in range: one InputError naming the key, before any stage runs."""
+    models = {"recipe.model": recipe.model,
+              **{f"recipe.models.{n}": m for n, m in recipe.models.items()}}
+    for key, config in models.items():
+        kind = config.connector.kind
+        if kind not in CONNECTORS:
+            raise InputError(f"'{key}.connector.kind': unknown connector kind '{kind}'"
+                             f"{closest(kind, CONNECTORS)}; known: {', '.join(CONNECTORS)}",
+                             source)
     for i, stage in enumerate(recipe.stages):
         key = f"recipe.stages[{i}]"
         if stage.action not in STAGE_ACTIONS:

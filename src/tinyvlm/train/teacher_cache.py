@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm import tqdm
 
 from tinyvlm.config import DataConfig, StageConfig
 from tinyvlm.data.collate import IGNORE
 from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_path, read_json, write_json
 from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.progress import Progress
 from tinyvlm.train.stage_data import sft_collator, stage_conversations
 from tinyvlm.train.teacher import FrozenModel
 
@@ -130,8 +130,8 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
     write_json(meta_path, meta)
     cache = TeacherCache(out)
     todo = [s for s in range(shards) if not cache.shard_path(s).is_file()]
-    bar = tqdm(total=len(items), initial=(shards - len(todo)) * shard_size,
-               desc="teacher top-k", unit="conv", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(items), "teacher top-k", "conv", min(len(items),
+                   (shards - len(todo)) * shard_size), enabled=progress)
     shared = teacher.same_batches(student)
     for s in todo:
         shard = items[s * shard_size : (s + 1) * shard_size]

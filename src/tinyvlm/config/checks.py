@@ -1,0 +1,140 @@
+"""Range checks of configuration values, each failure one InputError naming the key, the rule
+and the value: run when a recipe or a config.json loads, before any work."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tinyvlm.config.data import DataConfig, TokenizerConfig
+from tinyvlm.config.model import LanguageConfig, ModelConfig, VisionConfig
+from tinyvlm.config.stages import BuildPairsConfig, EvalConfig, StageConfig
+from tinyvlm.errors import InputError
+
+Rule = tuple[bool, str, str, Any]  # (holds, key, what it must be, the value)
+
+
+def require(rules: Iterable[Rule], prefix: str, source: str | Path | None) -> None:
+    for ok, key, must, value in rules:
+        if not ok:
+            raise InputError(f"'{prefix}.{key}' must be {must}, got {value!r}", source)
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _positive(obj: Any, *names: str) -> list[Rule]:
+    return [(getattr(obj, n) >= 1, n, ">= 1", getattr(obj, n)) for n in names]
+
+
+def _dropout(x: float) -> bool:
+    return finite(x) and 0 <= x < 1
+
+
+def vision_rules(v: VisionConfig) -> list[Rule]:
+    rules = _positive(v, "image_size", "patch_size", "channels", "dim", "depth", "heads")
+    if rules and not all(r[0] for r in rules):
+        return rules
+    return [
+        *rules,
+        (v.image_size % v.patch_size == 0, "patch_size",
+         f"a divisor of image_size ({v.image_size})", v.patch_size),
+        (v.dim % v.heads == 0, "heads", f"a divisor of dim ({v.dim})", v.heads),
+        (finite(v.mlp_ratio) and v.mlp_ratio > 0, "mlp_ratio", "> 0", v.mlp_ratio),
+        (v.position in ("learned", "sincos"), "position", "learned or sincos", v.position),
+        (v.position != "sincos" or v.dim % 4 == 0, "dim",
+         "a multiple of 4 with sincos positions", v.dim),
+        (finite(v.norm_eps) and v.norm_eps > 0, "norm_eps", "> 0", v.norm_eps),
+        (_dropout(v.dropout), "dropout", "in [0, 1)", v.dropout),
+        (all(-v.depth <= i < v.depth for i in v.cls_attention_layers), "cls_attention_layers",
+         f"layer indices of the {v.depth} blocks", v.cls_attention_layers),
+    ]
+
+
+def language_rules(lang: LanguageConfig) -> list[Rule]:
+    rules = _positive(lang, "dim", "depth", "heads", "kv_heads", "max_seq_len")
+    rules.append((lang.vocab_size >= 0, "vocab_size", ">= 0", lang.vocab_size))
+    if not all(r[0] for r in rules):
+        return rules
+    return [
+        *rules,
+        (lang.dim % lang.heads == 0, "heads", f"a divisor of dim ({lang.dim})", lang.heads),
+        (lang.heads % lang.kv_heads == 0, "kv_heads", f"a divisor of heads ({lang.heads})",
+         lang.kv_heads),
+        (lang.dim % lang.heads != 0 or (lang.dim // lang.heads) % 2 == 0, "heads",
+         "such that dim / heads is even (rotary positions rotate pairs)", lang.heads),
+        (lang.ffn_dim is None or lang.ffn_dim >= 1, "ffn_dim", ">= 1 or null", lang.ffn_dim),
+        (finite(lang.rope_theta) and lang.rope_theta > 0, "rope_theta", "> 0", lang.rope_theta),
+        (finite(lang.norm_eps) and lang.norm_eps > 0, "norm_eps", "> 0", lang.norm_eps),
+        (_dropout(lang.dropout), "dropout", "in [0, 1)", lang.dropout),
+    ]
+
+
+def check_model(config: ModelConfig, source: str | Path | None = None, key: str = "model"
+                ) -> None:
+    """Every model value in range (dimensions, divisibility, MoE settings), or one InputError
+    naming the key."""
+    require(vision_rules(config.vision), f"{key}.vision", source)
+    require(language_rules(config.language), f"{key}.language", source)
+    hidden = config.connector.hidden_dim
+    require([(hidden is None or hidden >= 1, "hidden_dim", ">= 1 or null", hidden)],
+            f"{key}.connector", source)
+    if config.vision.moe is not None:
+        config.vision.moe.check(config.vision.depth, source, f"{key}.vision.moe")
+    if config.language.moe is not None:
+        config.language.moe.check(config.language.depth, source, f"{key}.language.moe")
+
+
+def stage_rules(s: StageConfig) -> list[Rule]:
+    """The training loop's settings (checked for training stages)."""
+    betas = s.betas
+    return [
+        *_positive(s, "steps", "batch_size", "grad_accum", "log_every"),
+        (finite(s.lr) and s.lr >= 0, "lr", "a finite number >= 0", s.lr),
+        (finite(s.min_lr_ratio) and 0 <= s.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]",
+         s.min_lr_ratio),
+        (s.warmup_steps >= 0, "warmup_steps", ">= 0", s.warmup_steps),
+        (finite(s.weight_decay) and s.weight_decay >= 0, "weight_decay", "a finite number >= 0",
+         s.weight_decay),
+        (len(betas) == 2 and all(finite(b) and 0 <= b < 1 for b in betas), "betas",
+         "two numbers in [0, 1)", betas),
+        (s.grad_clip is None or (finite(s.grad_clip) and s.grad_clip >= 0), "grad_clip",
+         "a finite number >= 0 (0 or null: no clipping)", s.grad_clip),
+        (s.precision in ("fp32", "bf16"), "precision", "fp32 or bf16", s.precision),
+        (s.on_nonfinite in ("stop", "skip"), "on_nonfinite", "stop or skip", s.on_nonfinite),
+        (s.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0: only at the end)",
+         s.checkpoint_every),
+        (s.keep_checkpoints >= 0, "keep_checkpoints", ">= 0 (0: keep all)", s.keep_checkpoints),
+        (all(finite(v) and v >= 0 for v in s.lr_scale.values()), "lr_scale",
+         "finite numbers >= 0", s.lr_scale),
+    ]
+
+
+def build_pairs_rules(p: BuildPairsConfig) -> list[Rule]:
+    return [
+        (p.samples >= 1, "samples", ">= 1", p.samples),
+        (finite(p.temperature) and p.temperature >= 0, "temperature", "a finite number >= 0",
+         p.temperature),
+        (finite(p.top_p) and 0 < p.top_p <= 1, "top_p", "in (0, 1]", p.top_p),
+        (p.max_new_tokens >= 1, "max_new_tokens", ">= 1", p.max_new_tokens),
+        (p.max_prompts >= 0, "max_prompts", ">= 0 (0: all)", p.max_prompts),
+        (p.max_probes >= 0, "max_probes", ">= 0 (0: all)", p.max_probes),
+    ]
+
+
+def data_rules(d: DataConfig, t: TokenizerConfig, e: EvalConfig,
+               threads: int | None) -> list[tuple[str, list[Rule]]]:
+    return [
+        ("recipe.data", [(d.max_seq_len is None or d.max_seq_len >= 1, "max_seq_len",
+                          ">= 1 or null", d.max_seq_len)]),
+        ("recipe.tokenizer", [
+            (t.kind in ("wordlevel", "bpe"), "kind", "wordlevel or bpe", t.kind),
+            (t.vocab_size >= 1, "vocab_size", ">= 1", t.vocab_size),
+            (t.min_frequency >= 0, "min_frequency", ">= 0", t.min_frequency)]),
+        ("recipe.eval", [(e.batch_size >= 1, "batch_size", ">= 1", e.batch_size),
+                         (e.max_new_tokens >= 1, "max_new_tokens", ">= 1", e.max_new_tokens)]),
+        ("recipe", [(threads is None or threads >= 1, "threads", ">= 1 or null", threads)]),
+    ]
