@@ -225,7 +225,7 @@ def test_from_pretrained_errors(model: TinyVLM, tmp_path: Path) -> None:
         TinyVLM.from_pretrained(tmp_path / "empty")
     path = model.save_pretrained(tmp_path / "m")
     (path / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="model.safetensors does not match its checksum"):
+    with pytest.raises(InputError, match=r"model\.safetensors does not match its checksum"):
         TinyVLM.from_pretrained(path)
     (path / "checksums.json").unlink()  # a directory written before checksums existed
     with pytest.raises(InputError, match="cannot read weights"):
@@ -237,7 +237,7 @@ def test_a_flipped_byte_is_detected_not_loaded(model: TinyVLM, tmp_path: Path) -
     data = bytearray((path / "model.safetensors").read_bytes())
     data[-10] ^= 0x01  # inside the last tensor: safetensors itself would load it
     (path / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(InputError, match="model.safetensors does not match its checksum"):
+    with pytest.raises(InputError, match=r"model\.safetensors does not match its checksum"):
         TinyVLM.from_pretrained(path)
 
 
@@ -262,7 +262,7 @@ def test_config_and_tokenizer_mismatches_are_clear_errors(model: TinyVLM, tokeni
     config = json.loads((path / "config.json").read_text())
     config["language"]["vocab_size"] = 5
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="tokenizer.json has 29 tokens but the embedding only 5"):
+    with pytest.raises(InputError, match=r"tokenizer\.json has 29 tokens but the embedding only 5"):
         TinyVLM.from_pretrained(path)
     config["language"]["vocab_size"] = tokenizer.vocab_size
     config["language"]["heads"] = 5
@@ -272,8 +272,8 @@ def test_config_and_tokenizer_mismatches_are_clear_errors(model: TinyVLM, tokeni
     config["language"]["heads"] = 4
     config["connector"]["kind"] = "nope"
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="cannot build the model of config.json: unknown "
-                                         "connector kind 'nope'"):
+    with pytest.raises(InputError, match=r"cannot build the model of config\.json: unknown "
+                                         r"connector kind 'nope'"):
         TinyVLM.from_pretrained(path)
 
 

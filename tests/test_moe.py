@@ -251,7 +251,7 @@ def test_model_builds_moe_where_configured(tokenizer: Tokenizer) -> None:
     kinds = [type(b.ffn).__name__ for b in model.language.blocks]
     assert kinds == ["SwiGLU", "MoE", "SwiGLU", "MoE"]
     assert [type(b.ffn).__name__ for b in model.vision.blocks] == ["MoE", "GELUMLP"]
-    out = model(torch.tensor([tokenizer.encode("<image>" * 16 + "red")]),
+    out = model(torch.tensor([[tokenizer.image_id] * 16 + tokenizer.encode("red")]),
                 pixel_values=torch.randn(1, 3, 32, 32))
     assert sorted(r.layer for r in out.records) == ["language.1", "language.3", "vision.0"]
 
@@ -286,7 +286,7 @@ def test_generate_with_cache_equals_recompute(tokenizer: Tokenizer) -> None:
 
 def test_upcycled_model_equals_dense_at_init(tokenizer: Tokenizer) -> None:
     dense = TinyVLM.from_tokenizer(tiny_model_config(depth=4), tokenizer).eval()
-    ids = torch.tensor([tokenizer.encode("<image>" * 16 + "how many shapes are there?")])
+    ids = torch.tensor([[tokenizer.image_id] * 16 + tokenizer.encode("how many shapes are there?")])
     pixels = torch.randn(1, 3, 32, 32)
     before = dense(ids, pixel_values=pixels).logits
     sparse = upcycle(dense, MoEConfig(experts=4, top_k=2, layers="every-other",

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyvlm.config import find_recipe, load_recipe
 from tinyvlm.eval.harness import evaluate_models
 from tinyvlm.train.curves import plot_training
-from tinyvlm.train.pipeline import report_models, run_recipe
+from tinyvlm.train.pipeline import load_runnable_recipe, report_models, run_recipe
 
 
 @dataclass
@@ -27,7 +26,7 @@ def run_demo(recipe: str | Path = "demo", out: str | Path = "runs/demo", resume:
     """Train `recipe` (a path or a built-in name) into `out`, keeping its data there too
     unless the recipe names an absolute data path, then evaluate and report."""
     tick = time.perf_counter()
-    r = load_recipe(find_recipe(recipe))
+    r = load_runnable_recipe(recipe)
     run_dir = Path(out)
     if not Path(r.data.path).is_absolute():
         r.data.path = str(run_dir / "data")  # the demo keeps everything under --out

@@ -1,4 +1,5 @@
-"""One exception type for bad user input: the CLI prints its message on one line, exit code 2."""
+"""Bad user input (the CLI prints its message on one line, exit code 2) and an interrupted
+training run (the CLI says how to resume it)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ class InputError(Exception):
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
         super().__init__(f"{where}{message}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a stage: the finished steps were saved first."""
+
+    def __init__(self, stage: str, step: int, saved: bool):
+        self.stage, self.step, self.saved = stage, step, saved
+        what = f"its checkpoint at step {step} is saved" if saved else "nothing to save yet"
+        super().__init__(f"interrupted in stage '{stage}' after step {step}; {what}")
 
 
 def closest(name: str, options: Iterable[str]) -> str:

@@ -11,6 +11,7 @@ harness, preference-pair sampling and `tinyvlm generate` all go through `Engine.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,19 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # a row ends at the first of these in its text (cut off)
+
+    def __post_init__(self) -> None:
+        problems = [
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             "max_new_tokens must be >= 1", self.max_new_tokens),
+            (math.isfinite(self.temperature) and self.temperature >= 0,
+             "temperature must be a finite number >= 0", self.temperature),
+            (math.isfinite(self.top_p) and 0 < self.top_p <= 1, "top_p must lie in (0, 1]",
+             self.top_p),
+        ]
+        for ok, rule, value in problems:
+            if not ok:
+                raise InputError(f"{rule}, got {value!r}")
 
 
 OnBatch = Callable[[list[int], list[str], float], None]  # (prompt indices, texts, seconds)
@@ -153,10 +167,18 @@ class Engine:
         bar.close()
         return answers
 
+    def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:
+        limit = self.model.config.language.max_seq_len
+        if len(prompt.ids) + max_new_tokens > limit:
+            raise InputError(f"a prompt of {len(prompt.ids)} tokens and {max_new_tokens} new "
+                             f"tokens exceed the model's max_seq_len {limit}")
+
     def _run(self, prompts: Sequence[Prompt], sampling: Sampling,
              generator: torch.Generator | None,
              on_text: Callable[[int, str], None] | None) -> tuple[list[str], float]:
         """One batch: its texts and the seconds generation took (images loaded before)."""
+        for p in prompts:
+            self.check_length(p, sampling.max_new_tokens)
         tok = self.tokenizer
         stream = _Stream(tok, len(prompts), sampling.stop, on_text) \
             if sampling.stop or on_text is not None else None

@@ -6,6 +6,8 @@ module; this one assembles them under the root group.
 
 from __future__ import annotations
 
+import errno
+import shlex
 import sys
 import warnings
 
@@ -19,7 +21,7 @@ from tinyvlm.cli.preference import preference
 from tinyvlm.cli.score import score_group
 from tinyvlm.cli.tasks import tasks
 from tinyvlm.cli.train import demo, train
-from tinyvlm.errors import InputError
+from tinyvlm.errors import InputError, TrainingInterrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,17 +51,42 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except InputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(InputError.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        _fail(str(e))
+    except click.UsageError as e:  # a bad flag or value: one line, with where to look
+        where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _fail(f"{e.format_message()}{where}")
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, EOFError):  # click reports EOFError as an abort
+            _fail(f"unexpected end of input ({e.__cause__ or 'EOF'})")
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except TrainingInterrupted as e:
+        click.echo(f"{e}; resume with: {resume_command()}", err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            _fail(f"no space left on device writing {e.filename or 'a file'}; files written "
+                  "before are intact")
+        if isinstance(e, FileExistsError | NotADirectoryError | IsADirectoryError):
+            _fail(f"{e.strerror}: {e.filename}")
+        raise
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(InputError.exit_code)
+
+
+def resume_command() -> str:
+    """This command line with --resume: what continues an interrupted run."""
+    args = ["tinyvlm", *sys.argv[1:]]
+    return shlex.join(args if "--resume" in args else [*args, "--resume"])
 
 
 __all__ = ["cli", "main"]

@@ -114,6 +114,7 @@ def upcycle(model_dir: str, out_dir: str, experts: int, top_k: int, layers: str,
                     capacity_factor=capacity_factor or 1.5, balance_coef=balance_coef,
                     z_coef=z_coef)
     model = load_model(model_dir)
+    moe.check(model.config.language.depth, None, "upcycle")  # e.g. --top-k > --experts
     try:
         upcycle_model(model, moe)
     except ValueError as e:

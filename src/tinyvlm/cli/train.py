@@ -20,10 +20,9 @@ def train(recipe: str, out: str | None, resume: bool, quiet: bool) -> None:
       tinyvlm train recipes/demo.yaml --out runs/mine
       tinyvlm train demo --out runs/mine --resume
     """
-    from tinyvlm.config import find_recipe, load_recipe
-    from tinyvlm.train.pipeline import run_recipe
+    from tinyvlm.train.pipeline import load_runnable_recipe, run_recipe
 
-    r = load_recipe(find_recipe(recipe))
+    r = load_runnable_recipe(recipe)
     run_dir = Path(out or f"runs/{r.name}")
     run_recipe(r, run_dir, resume=resume, progress=not quiet)
     click.echo(f"model written to {run_dir / 'model'}")

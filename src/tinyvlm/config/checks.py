@@ -129,7 +129,9 @@ def data_rules(d: DataConfig, t: TokenizerConfig, e: EvalConfig,
                threads: int | None) -> list[tuple[str, list[Rule]]]:
     return [
         ("recipe.data", [(d.max_seq_len is None or d.max_seq_len >= 1, "max_seq_len",
-                          ">= 1 or null", d.max_seq_len)]),
+                          ">= 1 or null", d.max_seq_len),
+                         (d.bad_images in ("error", "skip"), "bad_images", "error or skip",
+                          d.bad_images)]),
         ("recipe.tokenizer", [
             (t.kind in ("wordlevel", "bpe"), "kind", "wordlevel or bpe", t.kind),
             (t.vocab_size >= 1, "vocab_size", ">= 1", t.vocab_size),

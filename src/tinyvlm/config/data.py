@@ -79,3 +79,6 @@ class DataConfig:
     train: str = "train.json"
     eval: list[str] = field(default_factory=lambda: ["test.json", "pope.json"])
     max_seq_len: int | None = None  # None: the language model's max_seq_len
+    # Every image a stage reads is checked before its first step: a bad one is an "error",
+    # or "skip": the records that read it are left out, and counted.
+    bad_images: str = "error"

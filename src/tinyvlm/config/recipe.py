@@ -140,10 +140,13 @@ def _check_stage(recipe: Recipe, stage: StageConfig, key: str, kinds: dict[str, 
         if not stage.upcycle.normalize_gates or stage.upcycle.task_routing != "none":
             raise InputError(f"{key}.upcycle: upcycling needs normalize_gates: true and "
                              "task_routing: none", source)
-    for module in stage.init:
-        if module not in MODEL_MODULES:
-            raise InputError(f"{key}.init: unknown module '{module}'"
-                             f"{closest(module, MODEL_MODULES)}", source)
+    for section, modules in (("init", stage.init), ("trainable", stage.trainable),
+                             ("lr_scale", stage.lr_scale)):
+        for module in modules:
+            if module not in MODEL_MODULES:
+                raise InputError(f"{key}.{section}: unknown module '{module}'"
+                                 f"{closest(module, MODEL_MODULES)}; modules: "
+                                 f"{', '.join(MODEL_MODULES)}", source)
     for where, ref in stage_refs(stage).items():
         _check_stage_ref(ref, kinds, f"{key}.{where}", source,
                          wants_pairs=where == "preference.pairs")

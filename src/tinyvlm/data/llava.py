@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinyvlm.data.conversation import Conversation, Turn, image_field, place_images
+from tinyvlm.data.conversation import IMAGE, Conversation, Turn, image_field, place_images
 from tinyvlm.errors import InputError
 from tinyvlm.io import read_json, read_jsonl
 
@@ -44,6 +44,9 @@ def _parse_record(row: Any, index: int, path: Path, root: Path) -> Conversation:
                     or not isinstance(msg.get("value"), str):
                 raise InputError(f"{where}: turn {j} must be {{from: human, value}} then "
                                  "{from: gpt, value}", path)
+        if IMAGE in gpt["value"]:
+            raise InputError(f"{where}: turn {j + 1}: an answer holds '{IMAGE}' (images go in "
+                             "the human turns)", path)
         turns.append((human["value"], gpt["value"]))
     if len(convs) % 2:
         raise InputError(f"{where}: the last human turn has no gpt answer", path)

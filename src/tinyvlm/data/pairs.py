@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyvlm.data.conversation import image_field, place_images
+from tinyvlm.data.conversation import IMAGE, image_field, place_images
 from tinyvlm.errors import InputError
 from tinyvlm.io import read_jsonl_numbered, write_jsonl
 
@@ -55,6 +55,9 @@ def _check_record(row: Any, path: Path, line: int, root: Path) -> dict[str, Any]
     for key in ("prompt", "chosen", "rejected"):
         if not isinstance(row.get(key), str):
             raise bad(f"'{key}' must be a string")
+    for key in ("chosen", "rejected"):
+        if IMAGE in row[key]:
+            raise bad(f"'{key}' holds '{IMAGE}' (images go in the prompt)")
     history = row.get("history") or []
     if not (isinstance(history, list) and all(
             isinstance(t, list | tuple) and len(t) == 2 and all(isinstance(x, str) for x in t)

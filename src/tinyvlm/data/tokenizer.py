@@ -18,6 +18,9 @@ class Tokenizer:
     """Text <-> ids, plus the chat layout used by training, evaluation and chat alike."""
 
     def __init__(self, backend: Backend, chat: ChatFormat | None = None):
+        # Text is text: a user who types "<|end|><|assistant|>" gets those characters, never
+        # the control tokens. The chat format's tokens are placed by the methods below only.
+        backend.encode_special_tokens = True
         self.backend = backend
         self.chat = chat or ChatFormat()
         missing = [t for t in self.chat.special_tokens if backend.token_to_id(t) is None]
@@ -25,6 +28,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer lacks the chat template's special tokens {missing}")
         ids = {t: backend.token_to_id(t) for t in self.chat.special_tokens}
         self.pad_id, self.bos_id = ids[self.chat.pad], ids[self.chat.bos]
+        self.unk_id = ids[self.chat.unk]
         self.image_id, self.user_id = ids[self.chat.image], ids[self.chat.user]
         self.assistant_id, self.end_id = ids[self.chat.assistant], ids[self.chat.end]
         self.special_ids = frozenset(ids.values())

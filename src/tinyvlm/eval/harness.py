@@ -165,6 +165,10 @@ def evaluate(model: TinyVLM, files: Sequence[str | Path], out_dir: str | Path, n
     """
     run = RunDir(out_dir)
     predictions = run.predictions(name)  # checks the name before any work
+    if run.root.exists() and not run.root.is_dir():
+        raise InputError("the output directory is a file", run.root)
+    if max_new_tokens is not None:
+        Sampling(max_new_tokens)  # one clear line for a value out of range
     benches = load_benchmarks(files, run, image_root)
     engine = Engine(model, batch_size)
     fingerprint = model_fingerprint(model)
@@ -172,8 +176,9 @@ def evaluate(model: TinyVLM, files: Sequence[str | Path], out_dir: str | Path, n
     tick = time.perf_counter()
     for bench in benches:
         template = load_template(FORMATS[bench.kind].PROMPT, templates)
+        tokens = template.max_new_tokens if max_new_tokens is None else max_new_tokens
         runs.append(run_benchmark(engine, bench, run, name, fingerprint, template,
-                                  max_new_tokens or template.max_new_tokens, progress))
+                                  tokens, progress))
     seconds = time.perf_counter() - tick
     samples = [s for r in runs for s in r.samples]
     write_jsonl(predictions, samples)

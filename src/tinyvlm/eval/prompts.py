@@ -64,8 +64,11 @@ def load_template(name: str, override_dir: str | Path | None = None) -> Template
     if unknown:
         raise InputError(f"unknown template keys {unknown} (known: {sorted(_KEYS)})", path)
     try:
-        return Template(name, tuple(raw["parts"]), str(raw.get("join", "\n")),
-                        str(raw.get("option", "{letter}. {text}")),
-                        int(raw.get("max_new_tokens", 8)), str(path))
+        template = Template(name, tuple(raw["parts"]), str(raw.get("join", "\n")),
+                            str(raw.get("option", "{letter}. {text}")),
+                            int(raw.get("max_new_tokens", 8)), str(path))
     except (TypeError, ValueError) as e:
         raise InputError(f"bad template value ({e})", path) from None
+    if template.max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {template.max_new_tokens}", path)
+    return template

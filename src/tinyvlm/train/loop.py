@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tinyvlm.config import MODEL_MODULES, StageConfig
-from tinyvlm.errors import InputError, closest
+from tinyvlm.errors import InputError, TrainingInterrupted, closest
 from tinyvlm.models.moe import router_losses
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.progress import Progress
@@ -182,15 +182,6 @@ class NonFiniteStep(Exception):
 
 class TrainingDiverged(InputError):
     """A stage stopped at a step whose loss or gradient was not finite."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a stage: the finished steps were saved first."""
-
-    def __init__(self, stage: str, step: int, saved: bool):
-        self.stage, self.step, self.saved = stage, step, saved
-        what = f"step {step} saved" if saved else "nothing to save yet"
-        super().__init__(f"interrupted in stage '{stage}' after step {step} ({what})")
 
 
 class _StopRequest:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tinyvlm.analysis.expert_load import write_expert_load
-from tinyvlm.config import DataConfig, Recipe, dump_yaml, load_recipe, stage_refs
+from tinyvlm.config import DataConfig, Recipe, dump_yaml, find_recipe, load_recipe, stage_refs
 from tinyvlm.data import shapes
 from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -58,6 +58,15 @@ def build_model(recipe: Recipe, run_dir: str | Path | RunDir, name: str = "model
     config = copy.deepcopy(recipe.model if name == "model" else recipe.models[name])
     torch.manual_seed(recipe.seed)
     return TinyVLM.from_tokenizer(config, tokenizer)
+
+
+def load_runnable_recipe(name: str | Path) -> Recipe:
+    """A recipe file (or a built-in recipe's name), checked against the schema and the
+    registries: every error names the file, before anything runs."""
+    path = find_recipe(name)
+    recipe = load_recipe(path)
+    check_runnable(recipe, path)
+    return recipe
 
 
 def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,

@@ -9,6 +9,7 @@ stage's pairs (build_pairs). The pipeline looks actions up here and nowhere else
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from tinyvlm.rundir import RunDir
 from tinyvlm.schema import to_dict
 from tinyvlm.train.checkpoints import Checkpoints
 from tinyvlm.train.loop import check_modules, completed, load_final, train_stage
-from tinyvlm.train.objectives import objective_class
+from tinyvlm.train.objectives import TrainData, objective_class
 from tinyvlm.train.pairs import load_probes, make_pairs
 from tinyvlm.train.runtime import Runtime
 from tinyvlm.train.stage_data import stage_conversations
@@ -82,7 +83,8 @@ def run_train(r: StageRun) -> None:
     init_modules(r)
     stage = with_resolved_refs(r)
     objective = objective_class(stage.objective)(r.model, stage)
-    data = objective.data(r.model, r.recipe.data, stage)
+    data = check_images(objective.data(r.model, r.recipe.data, stage), stage,
+                        r.recipe.data.bad_images, r.progress)
     train_stage(r.model, stage, objective, data, r.run, resume=r.resume, progress=r.progress,
                 runtime=r.runtime)
 
@@ -136,6 +138,33 @@ STAGE_ACTIONS: dict[str, Callable[[StageRun], None]] = {
 # ----------------------------------------------------------------------------- helpers
 
 
+def check_images(data: TrainData, stage: StageConfig, policy: str = "error",
+                 progress: bool = True) -> TrainData:
+    """Decode every image the stage reads before its first step (they stay cached): a bad
+    one is one error naming it, or with policy "skip" its records are left out (counted)."""
+    if data.images_of is None or data.store is None:
+        return data
+    images_of = data.images_of
+    bad = data.store.check([i for item in data.items for i in images_of(item)], progress,
+                           f"{stage.name}: images")
+    if not bad:
+        return data
+    first = next(iter(bad.values()))
+    if policy != "skip":
+        raise InputError(f"stage '{stage.name}': {len(bad)} images cannot be read (set "
+                         f"data.bad_images: skip to leave their records out); the first: "
+                         f"{first}")
+    items = [it for it in data.items if not any(i in bad for i in images_of(it))]
+    warnings.warn(f"stage '{stage.name}': {len(data.items) - len(items)} of "
+                  f"{len(data.items)} records left out: {len(bad)} images cannot be read "
+                  f"(the first: {first})", SkippedRecordsWarning, stacklevel=2)
+    return replace(data, items=items)
+
+
+class SkippedRecordsWarning(UserWarning):
+    """Records whose images cannot be read were left out of a stage."""
+
+
 def init_modules(r: StageRun) -> None:
     """Copy modules from finished stages' models (the stage's `init`)."""
     for module, ref in r.stage.init.items():
@@ -181,6 +210,6 @@ def check_runnable(recipe: Recipe, source: str | Path | None = None) -> None:
             continue
         try:
             objective_class(stage.objective).check(stage)
+            check_modules(stage)
         except InputError as e:
             raise InputError(f"{key}: {e}", source) from None
-        check_modules(stage)

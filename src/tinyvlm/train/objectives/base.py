@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from tinyvlm.config import DataConfig, StageConfig
 from tinyvlm.data.collate import IGNORE
+from tinyvlm.data.images import ImageStore
 from tinyvlm.models.vlm import TinyVLM
 
 
@@ -27,10 +28,13 @@ class LossOutput:
 
 @dataclass
 class TrainData:
-    """A stage's items and how a list of them becomes a batch."""
+    """A stage's items and how a list of them becomes a batch; which images an item reads
+    and the store that decodes them, so every image can be checked before the first step."""
 
     items: Sequence[Any]
     collate: Callable[[Sequence[Any]], Any]
+    images_of: Callable[[Any], Sequence[Any]] | None = None
+    store: ImageStore | None = None
 
 
 DataSource = TrainData  # the earlier name

@@ -6,7 +6,7 @@ position by position on the tokens distilled."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -138,14 +138,14 @@ class Mimic(SFT):
         if self.cfg.cache is not None:
             return self._cached(model, config, stage, source)
         if self._shared:
-            return TrainData(source.items, lambda convs: MimicBatch(source.collate(convs)))
+            return replace(source, collate=lambda convs: MimicBatch(source.collate(convs)))
         teacher, student = self.teacher, source.collate
         assert teacher is not None
 
         def collate(convs: Sequence[Any]) -> MimicBatch:
             return MimicBatch(student(convs), teacher.collate(student.fitted(convs)))
 
-        return TrainData(source.items, collate)
+        return replace(source, collate=collate)
 
     def _cached(self, model: TinyVLM, config: DataConfig, stage: StageConfig,
                 source: TrainData) -> TrainData:
@@ -163,7 +163,7 @@ class Mimic(SFT):
                                  "batches (another tokenizer or max_seq_len?)", cache.dir)
             return CachedBatch(batch, values, indices)
 
-        return TrainData(items, collate)
+        return TrainData(items, collate, lambda row: row[1].images, source.store)
 
     def forward(self, model: TinyVLM, batch: MimicBatch | CachedBatch) -> LossOutput:
         b = batch.batch if isinstance(batch, CachedBatch) else batch.student

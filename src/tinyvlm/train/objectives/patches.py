@@ -64,7 +64,7 @@ class _PatchObjective(Objective):
                       for k in LABEL_KEYS}
             return PatchBatch(pixels, labels, torch.tensor([n for _, _, n in batch]))
 
-        return TrainData(items, collate)
+        return TrainData(items, collate, lambda item: [item[0]], store)
 
 
 class PatchLabels(_PatchObjective):

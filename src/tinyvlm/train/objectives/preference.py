@@ -15,7 +15,7 @@ import torch
 from tinyvlm.config import DataConfig, PreferenceConfig, StageConfig
 from tinyvlm.data.collate import Batch, PreferenceBatch, PreferenceCollator
 from tinyvlm.data.images import ImageStore
-from tinyvlm.data.pairs import load_pairs
+from tinyvlm.data.pairs import load_pairs, record_images
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.losses import PREFERENCE_LOSSES, preference_loss, sequence_logps
@@ -126,7 +126,7 @@ class Preference(Objective):
             return PairBatch(collate(records),
                              None if shared else reference.preference_batch(records, max_len).batch)
 
-        return TrainData(items, collate_pairs)
+        return TrainData(items, collate_pairs, record_images, collate.images)
 
     def forward(self, model: TinyVLM, batch: PairBatch) -> LossOutput:
         b, n = batch.pairs.batch, batch.pairs.pairs

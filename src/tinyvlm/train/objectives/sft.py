@@ -16,7 +16,8 @@ class SFT(Objective):
 
     def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> TrainData:
         _, items = stage_conversations(config, stage)
-        return TrainData(items, sft_collator(model, config))
+        collate = sft_collator(model, config)
+        return TrainData(items, collate, lambda conv: conv.images, collate.images)
 
     def forward(self, model: TinyVLM, batch: Batch) -> LossOutput:
         out = model(batch.input_ids, batch.attention_mask, batch.pixel_values,

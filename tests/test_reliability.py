@@ -1,0 +1,189 @@
+"""Nothing lost: corrupt checkpoints are detected and resume falls back to a good one,
+bit-exact; non-finite training stops (or skips) instead of saving NaN; one run at a time; a
+changed recipe is not resumed silently; Ctrl-C saves; metrics never hold a step twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyvlm.config import StageConfig
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.errors import InputError, TrainingInterrupted
+from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.rundir import RunDir
+from tinyvlm.train.checkpoints import Checkpoints, CorruptCheckpointWarning
+from tinyvlm.train.loop import TrainingDiverged, train_stage
+from tinyvlm.train.objectives import build_objective
+from tinyvlm.train.pipeline import run_recipe
+
+from .conftest import tiny_model_config, tiny_recipe
+
+
+def fresh(tok: Tokenizer) -> TinyVLM:
+    torch.manual_seed(0)
+    return TinyVLM.from_tokenizer(tiny_model_config(), tok)
+
+
+def stage(**kw: object) -> StageConfig:
+    base = {"steps": 6, "batch_size": 4, "warmup_steps": 2, "log_every": 1, "lr": 3e-3,
+            "checkpoint_every": 2, "keep_checkpoints": 0}
+    return StageConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def train(tok: Tokenizer, shapes_dir: Path, out: Path, st: StageConfig, resume: bool = False,
+          stop_after: int | None = None) -> TinyVLM:
+    """One stage; stop_after: fail right after that step's checkpoint (a killed process)."""
+    model = fresh(tok)
+    obj = build_objective(st.objective, model)
+    data = obj.data(model, tiny_recipe(shapes_dir).data, st)
+    original = Checkpoints.save
+
+    def save_then_die(self: Checkpoints, step: int, *args: object) -> Path:
+        path = original(self, step, *args)  # type: ignore[arg-type]
+        if step == stop_after:
+            raise RuntimeError("killed")
+        return path
+
+    Checkpoints.save = save_then_die  # type: ignore[method-assign]
+    try:
+        train_stage(model, st, obj, data, out, resume=resume, progress=False)
+    finally:
+        Checkpoints.save = original  # type: ignore[method-assign]
+    return model
+
+
+def same_weights(a: TinyVLM, b: TinyVLM) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+
+
+def corrupt(step_dir: Path, how: str) -> None:
+    weights, trainer = step_dir / "model" / "model.safetensors", step_dir / "trainer.pt"
+    if how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how == "flipped byte":
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0x10
+        weights.write_bytes(bytes(data))
+    elif how == "empty trainer.pt":
+        trainer.write_bytes(b"")
+    elif how == "missing trainer.pt":
+        trainer.unlink()
+    elif how == "empty step directory":
+        import shutil
+
+        shutil.rmtree(step_dir)
+        step_dir.mkdir()
+
+
+@pytest.fixture(scope="module")
+def straight(shapes_tokenizer: Tokenizer, shapes_dir: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> TinyVLM:
+    return train(shapes_tokenizer, shapes_dir, tmp_path_factory.mktemp("straight"), stage())
+
+
+@pytest.mark.parametrize("how", ["truncated weights", "flipped byte", "empty trainer.pt",
+                                 "missing trainer.pt", "empty step directory"])
+def test_resume_falls_back_to_the_newest_good_checkpoint(
+        how: str, straight: TinyVLM, shapes_tokenizer: Tokenizer, shapes_dir: Path,
+        tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="killed"):
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(), stop_after=4)
+    run = RunDir(tmp_path)
+    (run.stage_dir("sft") / ".step-000006.x1y2z3").mkdir()  # an interrupted write's leftover
+    corrupt(run.step_dir("sft", 4), how)
+    with pytest.warns(CorruptCheckpointWarning, match="step-000004 is unusable"):
+        resumed = train(shapes_tokenizer, shapes_dir, tmp_path, stage(), resume=True)
+    assert same_weights(resumed, straight)  # from step 2, bit-exact
+    assert run.steps("sft") == [2, 4, 6]
+    assert not [p for p in run.stage_dir("sft").iterdir() if p.name.startswith(".")]
+    steps = [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # never a step twice
+
+
+def test_metrics_never_hold_a_step_twice_without_a_checkpoint(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="killed"):  # dies at its only checkpoint
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(checkpoint_every=0), stop_after=6)
+    run = RunDir(tmp_path)
+    import shutil
+
+    shutil.rmtree(run.stage_dir("sft"))  # as if killed before any checkpoint
+    train(shapes_tokenizer, shapes_dir, tmp_path, stage(checkpoint_every=0), resume=True)
+    steps = [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("lr", [1e10])
+def test_a_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(
+        lr: float, shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match=r"stage 'sft' stopped at step \d+: loss"):
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(lr=lr, steps=8, warmup_steps=0))
+    run = RunDir(tmp_path)
+    for step in run.steps("sft"):  # every checkpoint written holds finite weights
+        model = TinyVLM.from_pretrained(run.step_dir("sft", step) / "model")
+        assert all(p.isfinite().all() for p in model.parameters())
+
+
+def test_non_finite_steps_can_be_skipped_and_counted(shapes_tokenizer: Tokenizer,
+                                                     shapes_dir: Path, tmp_path: Path) -> None:
+    st = stage(lr=1e10, steps=8, warmup_steps=0, on_nonfinite="skip")
+    model = train(shapes_tokenizer, shapes_dir, tmp_path, st)
+    rows = [json.loads(line) for line in RunDir(tmp_path).metrics.read_text().splitlines()]
+    assert rows[-1]["skipped_steps"] > 0
+    assert all(p.isfinite().all() for p in model.parameters())
+
+
+def test_a_second_run_into_the_same_directory_is_refused(shapes_dir: Path,
+                                                         tmp_path: Path) -> None:
+    with RunDir(tmp_path).lock(), pytest.raises(InputError, match="another run is using"):
+        run_recipe(tiny_recipe(shapes_dir, steps=2), tmp_path, progress=False)
+    run_recipe(tiny_recipe(shapes_dir, steps=2), tmp_path, progress=False)  # free again
+
+
+def test_resume_refuses_a_recipe_changed_in_what_checkpoints_depend_on(
+        shapes_dir: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(shapes_dir, steps=3)
+    run_recipe(recipe, tmp_path, progress=False)
+    changed = tiny_recipe(shapes_dir, steps=3, lr=0.5)
+    with pytest.raises(InputError, match=r"recipe\.stages\[0\]\.lr \(0\.001 -> 0\.5\)"):
+        run_recipe(changed, tmp_path, resume=True, progress=False)
+    longer = tiny_recipe(shapes_dir, steps=5)
+    with pytest.raises(InputError, match=r"stages\[0\]\.steps \(3 -> 5\)"):
+        run_recipe(longer, tmp_path, resume=True, progress=False)
+    logging = tiny_recipe(shapes_dir, steps=3, log_every=2)  # free to change
+    run_recipe(logging, tmp_path, resume=True, progress=False)
+    more = tiny_recipe(shapes_dir, steps=3)
+    more.stages.append(StageConfig(name="more", steps=2, batch_size=4, warmup_steps=1))
+    run_recipe(more, tmp_path, resume=True, progress=False)  # stages added at the end
+
+
+def test_a_signal_saves_a_checkpoint_at_the_step_boundary(shapes_tokenizer: Tokenizer,
+                                                          shapes_dir: Path,
+                                                          tmp_path: Path) -> None:
+    model = fresh(shapes_tokenizer)
+    st = stage(steps=50, checkpoint_every=0)
+    obj = build_objective("sft", model)
+    data = obj.data(model, tiny_recipe(shapes_dir).data, st)
+    collate = data.collate
+    calls = []
+
+    def collate_and_signal(items):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:  # during step 3: SIGTERM, as a scheduler sends it
+            os.kill(os.getpid(), signal.SIGTERM)
+        return collate(items)
+
+    data.collate = collate_and_signal
+    assert threading.current_thread() is threading.main_thread()
+    with pytest.raises(TrainingInterrupted, match="after step 3; its checkpoint at step 3"):
+        train_stage(model, st, obj, data, tmp_path, progress=False)
+    assert RunDir(tmp_path).steps("sft") == [3]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
