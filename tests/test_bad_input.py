@@ -223,3 +223,14 @@ def test_bad_training_images_stop_the_stage_before_its_first_step(
     skipping.data.bad_images = "skip"
     with pytest.warns(UserWarning, match="1 of 48 records left out"):
         run_recipe(skipping, run, progress=False)
+
+
+def test_a_tokenizer_without_the_chat_tokens_is_one_line(model_dir: Path) -> None:
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models
+
+    (model_dir / "checksums.json").unlink()
+    Backend(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")).save(
+        str(model_dir / "tokenizer.json"))
+    with pytest.raises(InputError, match="lacks the chat template's special tokens"):
+        TinyVLM.from_pretrained(model_dir)

@@ -187,3 +187,74 @@ def test_a_signal_saves_a_checkpoint_at_the_step_boundary(shapes_tokenizer: Toke
         train_stage(model, st, obj, data, tmp_path, progress=False)
     assert RunDir(tmp_path).steps("sft") == [3]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_one(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(), stop_after=2)
+    real_save = torch.save
+
+    def full(obj: object, f: object, *a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(InputError, match="no space left on device while writing step 4 of "
+                                         "stage 'sft'; the previous checkpoint is intact"):
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(), resume=True)
+    monkeypatch.setattr(torch, "save", real_save)
+    run = RunDir(tmp_path)
+    assert run.steps("sft") == [2] and Checkpoints(run, "sft", 0).problem(2) is None
+    assert not [p for p in run.stage_dir("sft").iterdir() if p.name.startswith(".")]
+
+
+def test_checkpoints_have_the_usual_modes_and_an_old_empty_trainer_state_is_one_line(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=2))
+    finally:
+        os.umask(old)
+    step = RunDir(tmp_path).step_dir("sft", 2)
+    assert step.stat().st_mode & 0o777 == 0o755
+    assert (step / "trainer.pt").stat().st_mode & 0o777 == 0o644
+    (step / "checksums.json").unlink()  # a checkpoint from before checksums
+    (step / "trainer.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="cannot read the checkpoint"):
+        Checkpoints(RunDir(tmp_path), "sft", 0).restore(2, fresh(shapes_tokenizer))
+
+
+def test_an_interrupted_run_says_how_to_resume(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from tinyvlm import cli
+
+    def interrupted() -> None:
+        raise TrainingInterrupted("sft", 7, True)
+
+    monkeypatch.setattr(sys, "argv", ["tinyvlm", "train", "demo", "--out", "runs/my run"])
+    monkeypatch.setattr(cli.cli, "main", lambda **kw: interrupted())
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 130
+    assert "interrupted in stage 'sft' after step 7" in err
+    assert "resume with: tinyvlm train demo --out 'runs/my run' --resume" in err
+
+
+def test_progress_off_a_terminal_is_a_plain_line(capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinyvlm import progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    bar = progress.Progress(4, "sft", "step")
+    for _ in range(4):
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("sft: 1/4 step (25%)") and "step/s" in lines[0]
+    assert "\r" not in "".join(lines) and lines[-1].startswith("sft: 4/4 step (100%)")
