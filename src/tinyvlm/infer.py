@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tinyvlm.data.collate import Batch
-from tinyvlm.data.conversation import Conversation, Turn, place_images
+from tinyvlm.data.conversation import IMAGE, Conversation, Turn, place_images
 from tinyvlm.data.images import ImageStore
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM
@@ -105,7 +105,7 @@ def _message_text(content: Any, index: int) -> str:
         if kind == "text":
             parts.append(str(part.get("text", "")))
         elif kind in ("image", "image_url"):
-            parts.append("<image>")
+            parts.append(IMAGE)
         else:
             raise InputError(f"message {index}: unknown content part {part!r}")
     return "\n".join(parts)

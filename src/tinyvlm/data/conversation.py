@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGE = "<image>"
+from tinyvlm.config import ChatFormat
+
+IMAGE = ChatFormat.image  # "<image>": the chat format's placeholder, spelled once
 IMAGE_PLACEHOLDER = IMAGE  # the earlier name
 
 Turn = tuple[str, str]  # (user message, assistant answer)

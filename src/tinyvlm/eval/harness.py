@@ -22,6 +22,7 @@ from typing import Any
 
 from tinyvlm.analysis import cost
 from tinyvlm.analysis.memory import PeakMemory
+from tinyvlm.data.conversation import count_images
 from tinyvlm.data.llava import load_llava
 from tinyvlm.errors import InputError
 from tinyvlm.eval import report
@@ -58,8 +59,7 @@ def build_prompts(model: TinyVLM, bench: Benchmark, template: Template,
     for item in bench.items:
         text = template.render(item.fields())
         ids = tok.encode_prompt(item.history, text, model.image_tokens)
-        placeholders = text.count(tok.chat.image) + sum(u.count(tok.chat.image)
-                                                        for u, _ in item.history)
+        placeholders = count_images([text, *(u for u, _ in item.history)])
         if placeholders != len(item.images):
             raise InputError(f"item {item.id}: the prompt has {placeholders} <image> "
                              f"placeholders for {len(item.images)} images (template "

@@ -130,6 +130,15 @@ class _Trainer:
     params: list[nn.Parameter]
     runtime: Runtime
 
+    @classmethod
+    def build(cls, model: TinyVLM, objective: Objective, stage: StageConfig,
+              schedule: Any, runtime: Runtime) -> _Trainer:
+        groups = configure_trainable(model, objective, stage)
+        optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=tuple(stage.betas))
+        return cls(stage, runtime.wrap(TrainStep(model, objective)), objective, optimizer,
+                   torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                   [p for g in groups for p in g["params"]], runtime)
+
     def state(self, step: int) -> dict[str, Any]:
         return {"step": step, "stage": to_dict(self.stage),
                 "objective": self.objective.state_dict(),
@@ -223,12 +232,8 @@ def train_stage(
     runtime = runtime or Runtime()
     ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints)
     torch.manual_seed(stage.seed)
-    groups = configure_trainable(model, objective, stage)
-    optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=tuple(stage.betas))
     schedule = lr_lambda(stage)
-    trainer = _Trainer(stage, runtime.wrap(TrainStep(model, objective)), objective, optimizer,
-                       torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-                       [p for g in groups for p in g["params"]], runtime)
+    trainer = _Trainer.build(model, objective, stage, schedule, runtime)
     sampler = BatchSampler(len(data.items), stage.batch_size, stage.seed)
     start = _restore_or_reset(run, ckpts, trainer, model, stage, resume)
     model.train()
@@ -257,13 +262,9 @@ def train_stage(
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{window.tokens_per_s:,.0f}")
             if done % stage.log_every == 0 or done == stage.steps:
-                row = {"stage": stage.name, "step": done, "loss": window.loss,
-                       "lr": stage.lr * schedule(step), "grad_norm": grad_norm,
-                       "tokens_per_s": window.tokens_per_s, **window.metrics()}
-                if stage.on_nonfinite == "skip":
-                    row["skipped_steps"] = skipped
-                logged.append(row)
-                run.append_metrics(row)
+                logged.append(window.row(stage, done, stage.lr * schedule(step), grad_norm,
+                                         skipped))
+                run.append_metrics(logged[-1])
                 window = _Window()
             at_checkpoint = done == stage.steps or (stage.checkpoint_every
                                                     and done % stage.checkpoint_every == 0)
@@ -343,6 +344,15 @@ class _Window:
 
     def metrics(self) -> dict[str, float]:
         return {k: v / max(1, self.n) for k, v in self.sums.items()}
+
+    def row(self, stage: StageConfig, step: int, lr: float, grad_norm: float, skipped: int
+            ) -> dict[str, Any]:
+        """The metrics.jsonl line for the steps since the last one."""
+        row = {"stage": stage.name, "step": step, "loss": self.loss, "lr": lr,
+               "grad_norm": grad_norm, "tokens_per_s": self.tokens_per_s, **self.metrics()}
+        if stage.on_nonfinite == "skip":
+            row["skipped_steps"] = skipped
+        return row
 
 
 def _mean_metrics(outputs: list[LossOutput]) -> dict[str, float]:
