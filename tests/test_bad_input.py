@@ -63,6 +63,10 @@ CASES = [
     ({"model.connector.kind": "vlroa"}, "unknown connector kind 'vlroa'"),
     ({"eval.max_new_tokens": 0}, "recipe.eval.max_new_tokens' must be >= 1"),
     ({"data.bad_images": "ignore"}, "recipe.data.bad_images' must be error or skip"),
+    ({"seed": 99999999999999999999999}, "recipe.seed' must be in 0..2^63-1"),
+    ({"stages.0.seed": -1}, "stages[0].seed' must be in 0..2^63-1"),
+    ({"stages.0.warmup_steps": 1000}, "stages[0].warmup_steps' must be <= steps (300)"),
+    ({"data.shapes.pope_images": 900}, "pope_images must be <= num_test"),
 ]
 
 
@@ -110,6 +114,8 @@ def model_dir(model: TinyVLM, tmp_path: Path) -> Path:
     (["--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["--prompt", "how many " * 200], "exceed the model's max_seq_len 128"),
     (["--max-new-tokens", "x"], "Invalid value for '--max-new-tokens'"),
+    (["--seed", "99999999999999999999999"], "Invalid value for '--seed'"),
+    (["--prompt", ""], "the prompt is empty"),
 ])
 def test_generation_options_out_of_range(args: list[str], needle: str, model_dir: Path,
                                          monkeypatch: pytest.MonkeyPatch,
@@ -122,6 +128,10 @@ def test_generation_options_out_of_range(args: list[str], needle: str, model_dir
 @pytest.mark.parametrize("args,needle", [
     (["--batch-size", "0"], "batch size must be at least 1"),
     (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    (["--train", "/nonexistent.json"], "--train: no such file"),
+    (["--templates", "/nonexistent"], "--templates: no such directory"),
+    (["--image-root", "/nonexistent"], "--image-root: no such directory"),
+    (["--name", ""], "--name is empty"),
 ])
 def test_eval_options_out_of_range(args: list[str], needle: str, model_dir: Path,
                                    shapes_dir: Path, tmp_path: Path,
@@ -234,3 +244,86 @@ def test_a_tokenizer_without_the_chat_tokens_is_one_line(model_dir: Path) -> Non
         str(model_dir / "tokenizer.json"))
     with pytest.raises(InputError, match="lacks the chat template's special tokens"):
         TinyVLM.from_pretrained(model_dir)
+
+
+def test_eval_refuses_a_file_given_twice(model_dir: Path, shapes_dir: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    test = str(shapes_dir / "test.json")
+    code, _, err = run_cli(["eval", str(model_dir), test, test, "--out", str(tmp_path / "e"),
+                            "--quiet"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "this benchmark file is given twice")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--capacity-factor", "0"], "'upcycle.capacity_factor' must be > 0"),
+    (["--balance-coef", "-1"], "'upcycle.balance_coef' must be a finite number >= 0"),
+    (["--z-coef", "inf"], "'upcycle.z_coef' must be a finite number >= 0"),
+    (["--layers", "1,1"], "'upcycle.layers' must not list a block twice"),
+])
+def test_upcycle_values_out_of_range(args: list[str], needle: str, model_dir: Path,
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["upcycle", str(model_dir), str(tmp_path / "u"), *args],
+                           monkeypatch, capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_model_outputs_never_replace_other_things(model_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    afile = tmp_path / "a.txt"
+    afile.write_text("precious")
+    for out, needle in ((mine, "holds other files, not a tinyvlm model"),
+                        (afile, "a file is there"), (model_dir, "is the model it reads")):
+        code, _, err = run_cli(["upcycle", str(model_dir), str(out)], monkeypatch, capsys)
+        assert_one_line_error(code, err, needle)
+    assert (mine / "keep.txt").read_text() == "precious" and afile.read_text() == "precious"
+    code, _, err = run_cli(["upcycle", str(model_dir), str(tmp_path / "moe")], monkeypatch,
+                           capsys)
+    assert code == 0  # an earlier model directory may be replaced
+    code, _, err = run_cli(["upcycle", str(model_dir), str(tmp_path / "moe")], monkeypatch,
+                           capsys)
+    assert code == 0
+
+
+def test_preference_build_never_writes_over_its_input(model_dir: Path, shapes_dir: Path,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    data = tmp_path / "train.json"
+    shutil.copy(shapes_dir / "train.json", data)
+    before = data.read_bytes()
+    code, _, err = run_cli(["preference", "build", str(model_dir), str(data), "--out",
+                            str(data), "--quiet"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--out is one of the input files")
+    assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--top-k", "--shard-size", "--batch-size"])
+def test_cache_teacher_sizes_must_be_positive(flag: str, model_dir: Path, shapes_dir: Path,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["distill", "cache-teacher", str(model_dir), str(model_dir),
+                            str(shapes_dir / "train.json"), "--out", str(tmp_path / "c"),
+                            flag, "0"], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"Invalid value for '{flag}'")
+    assert not (tmp_path / "c").exists()
+
+
+def test_info_prompt_longer_than_the_model(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["info", str(model_dir), "--prompt-len", "100000"], monkeypatch,
+                           capsys)
+    assert_one_line_error(code, err, "exceeds the model's max_seq_len 128")
+
+
+def test_train_out_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["train", str(recipe(tmp_path, {})), "--out", ""], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--out is empty")

@@ -258,3 +258,41 @@ def test_progress_off_a_terminal_is_a_plain_line(capsys: pytest.CaptureFixture,
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("sft: 1/4 step (25%)") and "step/s" in lines[0]
     assert "\r" not in "".join(lines) and lines[-1].startswith("sft: 4/4 step (100%)")
+
+
+def test_a_failed_fresh_start_loses_nothing_of_the_earlier_run(shapes_dir: Path,
+                                                               tmp_path: Path) -> None:
+    recipe = tiny_recipe(shapes_dir, steps=3)
+    first = run_recipe(recipe, tmp_path, progress=False)
+    bad = tiny_recipe(shapes_dir, steps=3)
+    bad.model.language.max_seq_len = 8  # every conversation is too long: fails at step 1
+    with pytest.raises(InputError, match="exceed max_seq_len 8"):
+        run_recipe(bad, tmp_path, progress=False)
+    assert RunDir(tmp_path).steps("sft") == [3]  # the earlier run's checkpoint is still there
+    again = run_recipe(recipe, tmp_path, resume=True, progress=False)
+    assert same_weights(first, again)
+
+
+def test_resume_compares_each_checkpoint_with_the_recipe_not_recipe_yaml(
+        shapes_dir: Path, tmp_path: Path) -> None:
+    run_recipe(tiny_recipe(shapes_dir, steps=3), tmp_path, progress=False)
+    (tmp_path / "recipe.yaml").unlink()
+    wider = tiny_recipe(shapes_dir, steps=3)
+    wider.model.language.dim = 64
+    with pytest.raises(InputError, match=r"recipe\.model\.language\.dim \(32 -> 64\)"):
+        run_recipe(wider, tmp_path, resume=True, progress=False)
+
+
+def test_a_checkpoint_whose_checksums_were_deleted_is_not_trusted(
+        straight: TinyVLM, shapes_tokenizer: Tokenizer, shapes_dir: Path,
+        tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="killed"):
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(), stop_after=4)
+    step = RunDir(tmp_path).step_dir("sft", 4)
+    (step / "depends.json").write_text("{}")  # a checkpoint of this version of the format
+    for manifest in (step / "checksums.json", step / "model" / "checksums.json"):
+        manifest.unlink()
+    corrupt(step, "flipped byte")
+    with pytest.warns(CorruptCheckpointWarning, match="checksums.json is missing"):
+        resumed = train(shapes_tokenizer, shapes_dir, tmp_path, stage(), resume=True)
+    assert same_weights(resumed, straight)

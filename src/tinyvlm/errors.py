@@ -17,6 +17,7 @@ class InputError(Exception):
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
+        self.located = path is not None  # callers that know the file may add it
         super().__init__(f"{where}{message}")
 
 

@@ -36,6 +36,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     never half of one.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a directory; a file is needed here", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -156,8 +156,9 @@ class RunDir:
         for step in self.steps(stage):
             self.remove_step(stage, step)
         self.clear_temporaries(stage)
-        if (d / "pairs.jsonl").is_file():
-            (d / "pairs.jsonl").unlink()
+        for made in ("pairs.jsonl", "depends.json"):
+            if (d / made).is_file():
+                (d / made).unlink()
         if not any(d.iterdir()):
             d.rmdir()
 

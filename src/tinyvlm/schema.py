@@ -82,7 +82,12 @@ def _convert_dataclass(tp: Any, value: Any, source: str | Path | None, key: str)
         if name not in names:
             raise InputError(f"unknown key '{key}.{name}'{closest(str(name), names)}", source)
         kwargs[name] = _convert(hints[name], item, source, f"{key}.{name}")
-    return tp(**kwargs)
+    try:
+        return tp(**kwargs)
+    except InputError as e:  # a dataclass's own check (__post_init__): name where it was
+        if e.located or source is None:
+            raise
+        raise InputError(f"'{key}': {e}", source) from None
 
 
 def _convert_scalar(tp: Any, value: Any, source: str | Path | None, key: str) -> Any:

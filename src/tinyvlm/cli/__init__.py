@@ -73,8 +73,10 @@ def main() -> None:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             _fail(f"no space left on device writing {e.filename or 'a file'}; files written "
                   "before are intact")
-        if isinstance(e, FileExistsError | NotADirectoryError | IsADirectoryError):
-            _fail(f"{e.strerror}: {e.filename}")
+        if isinstance(e, FileExistsError | NotADirectoryError):
+            _fail(f"{e.filename}: a file stands where a directory is needed")
+        if isinstance(e, IsADirectoryError):
+            _fail(f"{e.filename}: a directory stands where a file is needed")
         raise
 
 

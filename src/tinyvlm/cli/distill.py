@@ -20,9 +20,11 @@ def distill() -> None:
 @click.argument("student_dir")
 @click.argument("data_file")
 @click.option("--out", required=True, help="Cache directory (resumes if it exists).")
-@click.option("--top-k", default=64, show_default=True, help="Logits kept per position.")
-@click.option("--shard-size", default=512, show_default=True, help="Conversations per shard.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Logits kept per position (at most the vocabulary).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Conversations per shard.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--values-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16",
               show_default=True, help="Storage of the logits.")
 @click.option("--teacher-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32",

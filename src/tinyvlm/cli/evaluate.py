@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tinyvlm.cli.common import load_model
+from tinyvlm.errors import InputError
 
 
 @click.command("eval")
@@ -44,8 +45,16 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
     from tinyvlm.eval.harness import evaluate_models
     from tinyvlm.eval.report import format_benchmarks, format_table
 
+    for flag, given, kind in (("--train", train_file, "file"), ("--templates", templates, "dir"),
+                              ("--image-root", image_root, "dir")):
+        if given is not None and not (Path(given).is_file() if kind == "file"
+                                      else Path(given).is_dir()):
+            raise InputError(f"{flag}: no such {'file' if kind == 'file' else 'directory'}",
+                             given)
+    if name == "":
+        raise InputError("--name is empty")
     train_path = Path(train_file) if train_file else Path(data_files[0]).parent / "train.json"
-    results = evaluate_models({name or Path(model).name: load_model(model)},
+    results = evaluate_models({name or Path(model).resolve().name: load_model(model)},
                               list(data_files), Path(out),
                               train_path if train_path.is_file() else None,
                               batch_size, max_new_tokens, progress=not quiet,

@@ -18,7 +18,7 @@ from tinyvlm.errors import InputError
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 decodes greedily.")
 @click.option("--top-p", default=1.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 def generate(model: str, images: tuple[str, ...], prompt: str, max_new_tokens: int,
              temperature: float, top_p: float, seed: int) -> None:
     """Answer one prompt about one or more images.
@@ -30,6 +30,8 @@ def generate(model: str, images: tuple[str, ...], prompt: str, max_new_tokens: i
     """
     from tinyvlm.infer import Sampling, answer
 
+    if not prompt.strip() and not images:
+        raise InputError("the prompt is empty")
     m = load_model(model)
     click.echo(answer(m, prompt, [Path(p) for p in images],
                       Sampling(max_new_tokens, temperature, top_p), seed))
@@ -51,7 +53,11 @@ def info(model: str, as_json: bool, prompt_len: int | None) -> None:
     from tinyvlm.analysis.cost import model_report
 
     # Activated counts and FLOPs come from the config (analysis/cost.py documents the rules).
-    report = model_report(load_model(model), prompt_len)
+    m = load_model(model)
+    limit = m.config.language.max_seq_len
+    if prompt_len is not None and prompt_len > limit:
+        raise InputError(f"--prompt-len {prompt_len} exceeds the model's max_seq_len {limit}")
+    report = model_report(m, prompt_len)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -111,8 +117,10 @@ def upcycle(model_dir: str, out_dir: str, experts: int, top_k: int, layers: str,
 
     moe = MoEConfig(experts=experts, top_k=top_k, layers=parse_layers(layers),
                     routing="dropless" if capacity_factor is None else "capacity",
-                    capacity_factor=capacity_factor or 1.5, balance_coef=balance_coef,
-                    z_coef=z_coef)
+                    capacity_factor=1.5 if capacity_factor is None else capacity_factor,
+                    balance_coef=balance_coef, z_coef=z_coef)
+    if Path(out_dir).resolve() == Path(model_dir).resolve():
+        raise InputError("OUT_DIR is the model it reads; choose another directory", out_dir)
     model = load_model(model_dir)
     moe.check(model.config.language.depth, None, "upcycle")  # e.g. --top-k > --experts
     try:

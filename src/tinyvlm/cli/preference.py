@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from tinyvlm.cli.common import load_model
@@ -29,7 +31,8 @@ def preference() -> None:
 @click.option("--samples", default=4, show_default=True, help="Answers sampled per prompt.")
 @click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature.")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the sampling.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the sampling.")
 @click.option("--max-new-tokens", default=16, show_default=True, help="Longest answer sampled.")
 @click.option("--batch-size", default=16, show_default=True, help="Prompts per generate call.")
 @click.option("--all-turns", is_flag=True,
@@ -69,6 +72,9 @@ def preference_build(model: str, data_files: tuple[str, ...], out: str, teacher:
         raise InputError("give at least one DATA_FILE or --pope file")
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
+    inputs = {Path(f).resolve() for f in (*data_files, *pope_files)}
+    if Path(out).resolve() in inputs:
+        raise InputError("--out is one of the input files; choose another file", out)
     conversations = [c for f in data_files for c in load_llava(f)]
     probes = [c for f in pope_files for c in load_probes(f, image_root)]
     student = load_model(model)

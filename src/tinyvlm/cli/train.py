@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from tinyvlm.errors import InputError
+
 
 @click.command()
 @click.argument("recipe")
@@ -22,6 +24,8 @@ def train(recipe: str, out: str | None, resume: bool, quiet: bool) -> None:
     """
     from tinyvlm.train.pipeline import load_runnable_recipe, run_recipe
 
+    if out == "":
+        raise InputError("--out is empty")
     r = load_runnable_recipe(recipe)
     run_dir = Path(out or f"runs/{r.name}")
     run_recipe(r, run_dir, resume=resume, progress=not quiet)

@@ -14,6 +14,11 @@ from tinyvlm.config.stages import BuildPairsConfig, EvalConfig, StageConfig
 from tinyvlm.errors import InputError
 
 Rule = tuple[bool, str, str, Any]  # (holds, key, what it must be, the value)
+SEED_MAX = 2**63 - 1  # torch generators take a 64-bit seed
+
+
+def seed_rule(seed: int, key: str = "seed") -> Rule:
+    return (0 <= seed <= SEED_MAX, key, "in 0..2^63-1", seed)
 
 
 def require(rules: Iterable[Rule], prefix: str, source: str | Path | None) -> None:
@@ -93,6 +98,8 @@ def stage_rules(s: StageConfig) -> list[Rule]:
     betas = s.betas
     return [
         *_positive(s, "steps", "batch_size", "grad_accum", "log_every"),
+        seed_rule(s.seed),
+        (s.warmup_steps <= s.steps, "warmup_steps", f"<= steps ({s.steps})", s.warmup_steps),
         (finite(s.lr) and s.lr >= 0, "lr", "a finite number >= 0", s.lr),
         (finite(s.min_lr_ratio) and 0 <= s.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]",
          s.min_lr_ratio),
@@ -122,11 +129,12 @@ def build_pairs_rules(p: BuildPairsConfig) -> list[Rule]:
         (p.max_new_tokens >= 1, "max_new_tokens", ">= 1", p.max_new_tokens),
         (p.max_prompts >= 0, "max_prompts", ">= 0 (0: all)", p.max_prompts),
         (p.max_probes >= 0, "max_probes", ">= 0 (0: all)", p.max_probes),
+        seed_rule(p.seed),
     ]
 
 
 def data_rules(d: DataConfig, t: TokenizerConfig, e: EvalConfig,
-               threads: int | None) -> list[tuple[str, list[Rule]]]:
+               threads: int | None, seed: int = 0) -> list[tuple[str, list[Rule]]]:
     return [
         ("recipe.data", [(d.max_seq_len is None or d.max_seq_len >= 1, "max_seq_len",
                           ">= 1 or null", d.max_seq_len),
@@ -138,5 +146,6 @@ def data_rules(d: DataConfig, t: TokenizerConfig, e: EvalConfig,
             (t.min_frequency >= 0, "min_frequency", ">= 0", t.min_frequency)]),
         ("recipe.eval", [(e.batch_size >= 1, "batch_size", ">= 1", e.batch_size),
                          (e.max_new_tokens >= 1, "max_new_tokens", ">= 1", e.max_new_tokens)]),
-        ("recipe", [(threads is None or threads >= 1, "threads", ">= 1 or null", threads)]),
+        ("recipe", [(threads is None or threads >= 1, "threads", ">= 1 or null", threads),
+                    seed_rule(seed)]),
     ]

@@ -50,6 +50,7 @@ class ShapesWorldConfig:
                 min(self.num_train, self.num_val, self.num_test, self.pope_images) < 0,
                 "counts must be >= 0",
             ),
+            (self.pope_images > self.num_test, "pope_images must be <= num_test"),
             (not 0 <= self.theme_prob <= 1, "theme_prob must be in [0, 1]"),
             (self.font_size < 0, "font_size must be >= 0"),
             (self.train_layout not in ("conversation", "single"),

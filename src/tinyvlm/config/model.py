@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class MoEConfig:
             (1 <= self.top_k <= self.experts, "top_k", f"must lie in 1..experts ({self.experts})"),
             (self.routing in ("dropless", "capacity"), "routing", "must be dropless or capacity"),
             (self.capacity_factor > 0, "capacity_factor", "must be > 0"),
+            (self.task_dim >= 1, "task_dim", "must be >= 1"),
             (self.eval_capacity_factor is None or self.eval_capacity_factor > 0,
              "eval_capacity_factor", "must be > 0"),
             (0 <= self.jitter < 1, "jitter", "must lie in [0, 1)"),
@@ -66,6 +68,16 @@ class MoEConfig:
              "must be >= 1 with task routing"),
             (all(n >= 1 for n in self.layer_experts), "layer_experts", "entries must be >= 1"),
             (self.hidden_dim is None or self.hidden_dim >= 1, "hidden_dim", "must be >= 1"),
+            (math.isfinite(self.capacity_factor), "capacity_factor", "must be finite"),
+            (math.isfinite(self.balance_coef) and self.balance_coef >= 0, "balance_coef",
+             "must be a finite number >= 0"),
+            (math.isfinite(self.z_coef) and self.z_coef >= 0, "z_coef",
+             "must be a finite number >= 0"),
+            (math.isfinite(self.task_mi_coef) and self.task_mi_coef >= 0, "task_mi_coef",
+             "must be a finite number >= 0"),
+            (self.shared_expert_dim >= 0, "shared_expert_dim", "must be >= 0"),
+            (isinstance(self.layers, str) or len(set(self.layers)) == len(self.layers),
+             "layers", "must not list a block twice"),
         ]
         for ok, name, message in problems:
             if not ok:

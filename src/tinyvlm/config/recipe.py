@@ -103,7 +103,8 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
     """Cross-references a dict check cannot see: names, stage models, stage references, the
     sections stage kinds need, and MoE settings; all before anything trains."""
     check_plain_name(recipe.name, "recipe.name", source)
-    for prefix, rules in data_rules(recipe.data, recipe.tokenizer, recipe.eval, recipe.threads):
+    for prefix, rules in data_rules(recipe.data, recipe.tokenizer, recipe.eval, recipe.threads,
+                                    recipe.seed):
         require(rules, prefix, source)
     check_model(recipe.model, source, "recipe.model")
     for name, model in recipe.models.items():

@@ -34,6 +34,7 @@ from tinyvlm.eval.formats import (
     LoadContext,
     load_benchmark,
     score_benchmark,
+    split_spec,
 )
 from tinyvlm.eval.prompts import Template, load_template
 from tinyvlm.eval.scorers import capabilities
@@ -144,6 +145,10 @@ def load_benchmarks(files: Sequence[str | Path], run: RunDir,
                     image_root: str | Path | None = None) -> list[Benchmark]:
     """Every benchmark file, with names (which key cache and answer files) made distinct."""
     ctx = LoadContext(None if image_root is None else Path(image_root), run.embedded_images)
+    resolved = [str(split_spec(str(f))[1].resolve()) for f in files]
+    twice = next((f for i, f in enumerate(resolved) if f in resolved[:i]), None)
+    if twice is not None:
+        raise InputError("this benchmark file is given twice", twice)
     benches = [load_benchmark(f, ctx) for f in files]
     seen: dict[str, int] = {}
     for bench in benches:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ class TinyVLM(nn.Module):
         directory = Path(directory)
         if self.tokenizer is None:
             raise ValueError("save_pretrained needs the model's tokenizer")
+        check_replaceable(directory)
         with atomic_dir(directory) as tmp:
             write_json(tmp / "config.json", {"format": "tinyvlm",
                                              "format_version": FORMAT_VERSION,
@@ -291,6 +293,22 @@ class TinyVLM(nn.Module):
             "Load with `tinyvlm.TinyVLM.from_pretrained(path)`; try it with "
             "`tinyvlm generate PATH --image IMG --prompt \"...\"`.\n"
         )
+
+
+def check_replaceable(directory: Path) -> None:
+    """A model directory may replace only nothing, an empty directory or an earlier model
+    directory: never a file or a directory of other things, which would be lost."""
+    if directory.is_file() or directory.is_symlink():
+        raise InputError("a file is there; a model directory would replace it", directory)
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return
+    try:
+        ours = json.loads((directory / "config.json").read_text()).get("format") == "tinyvlm"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise InputError("this directory holds other files, not a tinyvlm model; writing a "
+                         "model here would delete them (choose another directory)", directory)
 
 
 class NonFiniteWeightsWarning(UserWarning):

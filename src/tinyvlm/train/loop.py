@@ -226,11 +226,14 @@ def train_stage(
     resume: bool = False,
     progress: bool = True,
     runtime: Runtime | None = None,
+    depends: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run one stage for `stage.steps` optimizer steps; return its logged metrics."""
+    """Run one stage for `stage.steps` optimizer steps; return its logged metrics.
+    `depends` (what the stage's checkpoints depend on) is stored with each checkpoint and
+    compared on resume."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     runtime = runtime or Runtime()
-    ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints)
+    ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints, depends, fresh=not resume)
     torch.manual_seed(stage.seed)
     schedule = lr_lambda(stage)
     trainer = _Trainer.build(model, objective, stage, schedule, runtime)
@@ -291,27 +294,32 @@ def _diverged(stage: StageConfig, step: int, e: NonFiniteStep, ckpts: Checkpoint
 def _restore_or_reset(run: RunDir, ckpts: Checkpoints, trainer: _Trainer, model: TinyVLM,
                       stage: StageConfig, resume: bool) -> int:
     """The step to start from: the newest good checkpoint's on resume (0 without one); 0 on a
-    fresh start, which forgets an earlier run of this stage (its checkpoints must not survive
-    to be mistaken for this run's on a later resume). metrics.jsonl keeps no line past it."""
+    fresh start (whose first checkpoint replaces an earlier run's). metrics.jsonl keeps no
+    line of the stage past it."""
     run.clear_temporaries(stage.name)
     if not resume:
-        run.clear_stage(stage.name)
         run.truncate_metrics(stage.name, 0)
         return 0
     step = ckpts.latest_good()
     if step is None:
         run.truncate_metrics(stage.name, 0)
         return 0
+    ckpts.check_settings(step)
     trainer.load(ckpts.restore(step, model))
     run.truncate_metrics(stage.name, step)
     return step
 
 
-def completed(run_dir: str | Path | RunDir, stage: StageConfig) -> bool:
-    """Whether the stage finished: its final checkpoint is there and intact."""
+def completed(run_dir: str | Path | RunDir, stage: StageConfig,
+              depends: dict[str, Any] | None = None) -> bool:
+    """Whether the stage finished: its final checkpoint is there and intact (an InputError
+    when it was made with other settings)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints)
-    return stage.steps in ckpts.steps() and ckpts.problem(stage.steps) is None
+    ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints, depends)
+    done = stage.steps in ckpts.steps() and ckpts.problem(stage.steps) is None
+    if done:
+        ckpts.check_settings(stage.steps)
+    return done
 
 
 def load_final(run_dir: str | Path | RunDir, stage: StageConfig, model: TinyVLM) -> None:

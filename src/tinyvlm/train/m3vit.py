@@ -19,7 +19,7 @@ from tinyvlm.io import atomic_dir, read_json, write_json
 from tinyvlm.models.context import ForwardContext
 from tinyvlm.models.moe import RouterRecord
 from tinyvlm.models.surgery import prune_to_task
-from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.models.vlm import TinyVLM, check_replaceable
 from tinyvlm.rundir import RunDir
 from tinyvlm.train.objectives import PatchBatch, TaskHeads, TrainData
 
@@ -118,6 +118,7 @@ def save_single_task(model: TinyVLM, heads: TaskHeads, task: int, keep: dict[int
                      out_dir: str | Path) -> Path:
     """Prune `model` (in place) to `task`'s pathway and write it with its head:
     a model directory plus task_head.safetensors and task.json."""
+    check_replaceable(Path(out_dir))
     prune_to_task(model, task, keep)
     name = heads.TASKS[task]
     head = heads.heads[name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,18 +88,19 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     with run.lock():
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
-        if resume:
-            check_unchanged(recipe, run)
-        if run.is_main:
-            write_text(run.recipe, dump_yaml(recipe))
         prepare_data(recipe.data, progress)
         check_teachers(recipe, train_tokenizer(recipe, run))
+        if resume and not any(run.steps(s.name) for s in recipe.stages):
+            warnings.warn(f"{run.root}: nothing to resume yet; starting from the first stage",
+                          NothingToResumeWarning, stacklevel=2)
+        if run.is_main:  # the settings of this attempt, once they passed every check
+            write_text(run.recipe, dump_yaml(recipe))
         models: dict[str, TinyVLM] = {}
-        for stage in recipe.stages:
+        for i, stage in enumerate(recipe.stages):
             model = models.get(stage.model) or models.setdefault(
                 stage.model, build_model(recipe, run, stage.model).to(runtime.device))
             STAGE_ACTIONS[stage.action](StageRun(stage, model, recipe, run, runtime, resume,
-                                                 progress))
+                                                 progress, depends_on(recipe, i)))
         model = models.get("model") or build_model(recipe, run)
         if run.is_main:
             model.save_pretrained(run.model)
@@ -108,50 +110,28 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     return model
 
 
+class NothingToResumeWarning(UserWarning):
+    """--resume found no checkpoint of any stage."""
+
+
 # Stage settings a checkpoint does not depend on: they may change between a run and its resume.
 _FREE_STAGE_KEYS = {"log_every", "checkpoint_every", "keep_checkpoints"}
 
 
-def check_unchanged(recipe: Recipe, run: RunDir) -> None:
-    """On resume: the recipe agrees with the one the run started with in everything its
-    checkpoints depend on (data, tokenizer, models, seed, each earlier stage's settings);
-    stages may be added at the end. One InputError naming the first difference otherwise."""
-    if not run.recipe.is_file():
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # earlier spellings in an old run's recipe.yaml
-        old = load_recipe(run.recipe)
-    pairs: list[tuple[str, object, object]] = [
-        ("seed", old.seed, recipe.seed),
-        ("data.path", str(Path(old.data.path).resolve()), str(Path(recipe.data.path).resolve())),
-        ("data", {**to_dict(old.data), "path": "", "eval": []},
-         {**to_dict(recipe.data), "path": "", "eval": []}),
-        ("tokenizer", to_dict(old.tokenizer), to_dict(recipe.tokenizer)),
-        ("model", to_dict(old.model), to_dict(recipe.model)),
-        ("models", to_dict(old.models), to_dict(recipe.models)),
-    ]
-    for i, (was, now) in enumerate(zip(old.stages, recipe.stages, strict=False)):
-        pairs.append((f"stages[{i}]",
-                      {k: v for k, v in to_dict(was).items() if k not in _FREE_STAGE_KEYS},
-                      {k: v for k, v in to_dict(now).items() if k not in _FREE_STAGE_KEYS}))
-    for key, was, now in pairs:
-        where = first_difference(was, now, key)
-        if where is not None:
-            raise InputError(f"--resume: the recipe differs from the one this run started with "
-                             f"at {where}; its checkpoints depend on it. Resume with the same "
-                             "recipe, or start over without --resume or in another --out",
-                             run.recipe)
-
-
-def first_difference(a: object, b: object, key: str) -> str | None:
-    """'key.sub (old -> new)' for the first place two plain trees differ, or None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in dict.fromkeys([*a, *b]):
-            found = first_difference(a.get(k), b.get(k), f"{key}.{k}")
-            if found is not None:
-                return found
-        return None
-    return None if a == b else f"recipe.{key} ({a!r} -> {b!r})"
+def depends_on(recipe: Recipe, index: int) -> dict[str, Any]:
+    """What the result of stage `index` depends on: the seed, the data, the tokenizer, every
+    model's config and the settings of this stage and every earlier one (but logging and
+    checkpointing). Stored with its checkpoints; a resume refuses one made with other
+    settings. Stages may be added at the end."""
+    data = {**to_dict(recipe.data), "path": str(Path(recipe.data.path).resolve())}
+    for key in ("eval", "bad_images"):
+        data.pop(key)
+    return {
+        "seed": recipe.seed, "data": data, "tokenizer": to_dict(recipe.tokenizer),
+        "model": to_dict(recipe.model), "models": to_dict(recipe.models),
+        "stages": [{k: v for k, v in to_dict(s).items() if k not in _FREE_STAGE_KEYS}
+                   for s in recipe.stages[: index + 1]],
+    }
 
 
 def check_teachers(recipe: Recipe, tokenizer: Tokenizer) -> None:

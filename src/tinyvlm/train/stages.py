@@ -13,18 +13,20 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tinyvlm.config import Recipe, StageConfig, stage_refs
 from tinyvlm.data.pairs import write_pairs
 from tinyvlm.errors import InputError, closest
+from tinyvlm.io import read_json, write_json
 from tinyvlm.models.connectors import CONNECTORS
 from tinyvlm.models.surgery import upcycle
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.rundir import RunDir
 from tinyvlm.schema import to_dict
-from tinyvlm.train.checkpoints import Checkpoints
+from tinyvlm.train.checkpoints import Checkpoints, first_difference
 from tinyvlm.train.loop import check_modules, completed, load_final, train_stage
 from tinyvlm.train.objectives import TrainData, objective_class
 from tinyvlm.train.pairs import load_probes, make_pairs
@@ -44,6 +46,7 @@ class StageRun:
     runtime: Runtime = field(default_factory=Runtime)
     resume: bool = False
     progress: bool = True
+    depends: dict[str, Any] | None = None  # what the stage's results depend on (on resume)
 
     def ref_path(self, ref: str) -> Path:
         return ref_path(ref, self.recipe, self.run)
@@ -77,7 +80,7 @@ def stage_named(recipe: Recipe, ref: str) -> StageConfig:
 def run_train(r: StageRun) -> None:
     """The one training loop with the stage's objective (skipped when finished, on resume)."""
     stage = r.stage
-    if r.resume and completed(r.run, stage):
+    if r.resume and completed(r.run, stage, r.depends):
         load_final(r.run, stage, r.model)
         return
     init_modules(r)
@@ -86,7 +89,7 @@ def run_train(r: StageRun) -> None:
     data = check_images(objective.data(r.model, r.recipe.data, stage), stage,
                         r.recipe.data.bad_images, r.progress)
     train_stage(r.model, stage, objective, data, r.run, resume=r.resume, progress=r.progress,
-                runtime=r.runtime)
+                runtime=r.runtime, depends=r.depends)
 
 
 def run_upcycle(r: StageRun) -> None:
@@ -96,8 +99,10 @@ def run_upcycle(r: StageRun) -> None:
     assert stage.upcycle is not None
     torch.manual_seed(stage.seed)  # the new routers: the same on every (re)run
     upcycle(r.model, stage.upcycle)
-    ckpts = Checkpoints(r.run, stage.name, stage.keep_checkpoints)
+    ckpts = Checkpoints(r.run, stage.name, stage.keep_checkpoints, r.depends,
+                        fresh=not r.resume)
     if r.resume and 0 in ckpts.steps() and ckpts.problem(0) is None:
+        ckpts.check_settings(0)
         ckpts.restore(0, r.model)
         return
     init_modules(r)
@@ -110,7 +115,14 @@ def run_build_pairs(r: StageRun) -> None:
     stage, cfg = r.stage, r.stage.build_pairs
     assert cfg is not None
     out = r.run.pairs(stage.name)
+    made_with = r.run.stage_dir(stage.name) / "depends.json"
     if r.resume and out.is_file():
+        if made_with.is_file() and r.depends is not None:
+            where = first_difference(read_json(made_with), r.depends, "")
+            if where is not None:
+                raise InputError(f"--resume: these pairs were made with other settings: "
+                                 f"recipe{where}. Resume with the recipe they were made with, "
+                                 "or start over without --resume", out)
         return
     _, convs = stage_conversations(r.recipe.data, stage)
     teacher = (FrozenModel.from_pretrained(r.ref_path(cfg.teacher),
@@ -126,6 +138,8 @@ def run_build_pairs(r: StageRun) -> None:
         raise InputError(f"stage '{stage.name}': no preference pairs could be built")
     if r.run.is_main:
         write_pairs(out, records)
+        if r.depends is not None:
+            write_json(made_with, r.depends)
 
 
 STAGE_ACTIONS: dict[str, Callable[[StageRun], None]] = {

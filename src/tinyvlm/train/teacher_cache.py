@@ -111,6 +111,9 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
     the same conversations. Values are stored in fp16 by default (half the disk; about 3
     significant digits), fp32 on request."""
     stored = {"fp16": torch.float16, "fp32": torch.float32}
+    for name, value in (("top_k", top_k), ("shard_size", shard_size), ("batch_size", batch_size)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
     if values_dtype not in stored:
         raise InputError(f"values dtype must be fp16 or fp32, got {values_dtype!r}")
     teacher = FrozenModel.from_pretrained(teacher_dir, dtype, next(student.parameters()).device)
