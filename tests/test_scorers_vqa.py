@@ -75,12 +75,21 @@ def test_period_rule_removes_at_most_32() -> None:
 
 
 def test_leave_one_out_per_question() -> None:
+    old = [vqa.question_accuracy(it["prediction"], it["answers"], "vqav2", "official-2016")
+           for it in ITEMS]
+    assert old == [1.0, 0.9, 0.0, 0.0, 1.0, 0.6000000000000001, 0.3]
+    # Today's script normalises nothing when the humans agree (q1: "two" is not "2") and
+    # both sides when they disagree (q3: "A cat" and "the cat" are both "cat").
     official = [vqa.question_accuracy(it["prediction"], it["answers"]) for it in ITEMS]
-    assert official == [1.0, 0.9, 0.0, 0.0, 1.0, 0.6000000000000001, 0.3]
-    lmms = [vqa.question_accuracy(it["prediction"], it["answers"], "vqav2", "lmms-eval")
+    assert official == [0.0, 0.9, 0.6, 0.0, 1.0, 0.6000000000000001, 0.3]
+    lmms = [vqa.question_accuracy(it["prediction"], it["answers"], "vqav2", "lmms-eval-2024")
             for it in ITEMS]
     # statistics.mean is exact, so q6 is 0.6; q3 normalises the human answers too
     assert lmms == [1.0, 0.9, 0.6, 0.0, 1.0, 0.6, 0.3]
+    # lmms-eval since August 2025 normalises both sides always: q1 and q4 are right too
+    now = [vqa.question_accuracy(it["prediction"], it["answers"], "vqav2", "lmms-eval")
+           for it in ITEMS]
+    assert now == [1.0, 0.9, 0.6, 1.0, 1.0, 0.6, 0.3]
     textvqa = [vqa.question_accuracy(it["prediction"], [a["answer"] for a in it["answers"]],
                                      "textvqa") for it in ITEMS]
     assert textvqa == [1.0, 0.9, 0.6, 1.0, 1.0, 0.6000000000000001, 0.3]
@@ -97,12 +106,13 @@ def test_identical_answer_records_are_left_out_together() -> None:
 
 
 def test_scores_and_rounding() -> None:
-    got = vqa.score(ITEMS)
+    got = vqa.score(ITEMS, "vqav2", "official-2016")
     # 1 + 0.9 + 0 + 0 + 1 + 0.6000000000000001 + 0.3 = 3.8 in float; round(100 * 3.8 / 7, 2)
     assert got["overall"] == 54.29 and got["accuracy"] == 3.8 / 7
     assert got["per_answer_type"] == {"number": 53.33, "yes/no": 90.0, "other": 43.33}
     assert got["per_question_type"] == {"how many": 53.33, "is there": 90.0, "what": 43.33}
-    assert vqa.score(ITEMS, "vqav2", "lmms-eval")["overall"] == 0.6285714285714284
+    assert vqa.score(ITEMS, "vqav2", "lmms-eval-2024")["overall"] == 0.6285714285714284
+    assert vqa.score(ITEMS)["overall"] == round(100 * 3.4 / 7, 2) == 48.57
     text = vqa.score(ITEMS, "textvqa")
     assert text["overall"] == 77.14 and text["accuracy"] == 0.7714285714285714
     assert vqa.score(ITEMS, "textvqa", "lmms-eval")["overall"] == 0.7714285714285714
@@ -124,7 +134,8 @@ def test_vqav2_files(tmp_path: Path) -> None:
         {"question_id": it["question_id"], "question": "?", "image_id": 1} for it in ITEMS]})
     results = write(tmp_path / "results.json", [
         {"question_id": it["question_id"], "answer": it["prediction"]} for it in ITEMS])
-    assert vqa.score_files(ann, results, questions)["overall"] == 54.29
+    assert vqa.score_files(ann, results, questions)["overall"] == 48.57
+    assert vqa.score_files(ann, results, questions, convention="official-2016")["overall"] == 54.29
     write(results, [{"question_id": it["question_id"], "answer": it["prediction"]}
                     for it in ITEMS[:-1]])
     with pytest.raises(InputError, match=r"1 question ids missing from .*results.json \(7\)"):

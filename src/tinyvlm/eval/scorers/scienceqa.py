@@ -9,8 +9,9 @@ Conventions:
   letter beyond the question's options, or a missing prediction is wrong. Percentages:
   accuracy, and IMG accuracy over the questions whose prompt holds "<image>" (or, without a
   prompt, whose problem has an image).
-- ``lmms-eval``: the exact letter, or any text whose first character is an upper-case letter
-  followed by '.' ("B." and "B.ok" count as B). Fractions.
+- ``lmms-eval``: the prediction is stripped and compared case-insensitively with the target
+  letter (" B", "B\n" and "b" are B); otherwise any text whose first character is an
+  upper-case letter followed by '.' ("B." and "B.ok" count as B). Fractions.
 - ``vlmevalkit``: `choice.vlmevalkit_choice` on the options. Fractions.
 """
 
@@ -49,8 +50,10 @@ def extract(text: str, choices: Sequence[str], convention: str = "official") -> 
         answer = llava_answer(text)
         return answer if answer in LLAVA_OPTIONS[:len(choices)] else None
     if convention == "lmms-eval":
-        if text in letters:
-            return text
+        text = text.strip()
+        same = [c for c in letters if text.lower() == c.lower()]
+        if same:
+            return same[0]
         return text[0] if len(text) >= 2 and text[0].isupper() and text[1] == "." else None
     return vlmevalkit_choice(text, dict(zip(letters, map(str, choices), strict=True)))
 

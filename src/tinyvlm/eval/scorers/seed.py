@@ -8,7 +8,8 @@ the harnesses, and they disagree:
   Percent per dimension (``correct / count * 100``) and overall, plus per data type (image /
   video). A question without a prediction counts as wrong.
 - ``lmms-eval``: strip the answer and keep its first character ("B." is B, "(B)" is "(",
-  "The answer is C" is "T"); fractions per data type and overall.
+  "The answer is C" is "T"), then compare it lower-cased and stripped with the answer ("b"
+  is B); fractions per data type and overall.
 - ``vlmevalkit``: `choice.vlmevalkit_choice` on the options; fractions.
 """
 
@@ -59,7 +60,9 @@ def score(questions: Sequence[Mapping[str, Any]], predictions: Mapping[str, str]
     for q in questions:
         qid = key_of(q["question_id"])
         if qid in predictions:
-            right = extract(predictions[qid], q, convention) == q["answer"]
+            picked = extract(predictions[qid], q, convention)
+            right = (picked.lower().strip() == str(q["answer"]).lower().strip()
+                     if convention == "lmms-eval" else picked == q["answer"])
         else:
             missing += 1
             right = False

@@ -2,21 +2,31 @@
 
 Conventions (the normalisation and the arithmetic differ, so the numbers do):
 
-- ``official``, variant ``vqav2`` (the VQA API's vqaEval.py): the prediction loses newlines
-  and tabs, is stripped, then goes through the punctuation rule and the number-word, article
-  and contraction rule. The ten human answers are touched only when they disagree, and then
-  only by the punctuation rule. Each human answer is left out in turn (answers that are equal
-  as whole records are left out together, as the script compares dicts); the question's
-  accuracy is the plain mean of the ten values. Overall, per answer type and per question
-  type: ``round(100 * sum / n, 2)``.
+- ``official``, variant ``vqav2`` (the VQA API's vqaEval.py as GT-Vision-Lab/VQA has it since
+  commit a013f00, "Fixed processing answers bug", March 2021): the prediction and the ten
+  human answers lose newlines and tabs and are stripped; then, only when the human answers
+  disagree, both the answers and the prediction go through the punctuation rule and the
+  number-word, article and contraction rule; when the humans all agree nothing else is
+  normalised. Each human answer is left out in turn (answers that are equal as whole records
+  are left out together, as the script compares dicts); the question's accuracy is the plain
+  mean of the ten values. Overall, per answer type and per question type:
+  ``round(100 * sum / n, 2)``.
+- ``official-2016``, variant ``vqav2``: what copies of vqaEval.py from before that commit
+  (a4f1afd and earlier) compute: the prediction always goes through both rules, the human
+  answers only through the punctuation rule and only when they disagree. On adversarial but
+  legal inputs the two versions differ by more than ten points.
 - ``official``, variant ``textvqa`` (the M4C evaluator LLaVA's eval_textvqa.py uses): both
   sides go through the EvalAI processor (lowercase, drop ',' and '?', split "'s", then the
   same two rules); a prediction scores the leave-one-out mean of its own answer, 0 if no
   human gave it; accuracy = sum / n, printed as ``100 * acc`` with two decimals.
-- ``lmms-eval``: the EvalAI processor on the prediction; for vqav2 the human answers are
-  normalised (punctuation and digit/article rules) only when they disagree, as in the official
-  script; for textvqa always. A question's accuracy is ``statistics.mean`` (exact) of the ten
-  values; overall = sum / n as a fraction, not rounded.
+- ``lmms-eval`` (lmms-eval since its commit 28ea9a1, August 2025): for vqav2 the prediction
+  and the answers lose newlines and tabs and are stripped, then both always go through the
+  punctuation and digit/article rules; for textvqa the EvalAI processor on both. A question's
+  accuracy is ``statistics.mean`` (exact) of the ten values; overall = sum / n as a fraction,
+  not rounded.
+- ``lmms-eval-2024`` (vqav2; lmms-eval before July 2025, e.g. 7548ebe1): the full EvalAI
+  processor on the prediction; the answers, and the prediction once more, go through the
+  punctuation and digit/article rules only when the answers disagree.
 - ``vlmevalkit`` (textvqa only): the VQAv2 prediction normalisation applied to both sides;
   ``numpy.mean`` per question, ``numpy.mean * 100`` overall.
 """
@@ -42,7 +52,7 @@ from tinyvlm.eval.scorers._common import (
 )
 from tinyvlm.io import read_json
 
-CONVENTIONS = ("official", "lmms-eval", "vlmevalkit")
+CONVENTIONS = ("official", "official-2016", "lmms-eval", "lmms-eval-2024", "vlmevalkit")
 VARIANTS = ("vqav2", "textvqa")
 
 # The punctuation the VQA scripts handle, in the order they handle it.
@@ -108,6 +118,10 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
 
 
+def _strip_ws(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_vqa(answer: str) -> str:
     """The official VQAv2 normalisation of a prediction (also VLMEvalKit's process_answer)."""
     text = answer.replace("\n", " ").replace("\t", " ").strip()
@@ -149,8 +163,22 @@ def question_accuracy(prediction: str, answers: Sequence[Any], variant: str = "v
     records = [a if isinstance(a, Mapping) else {"answer": a, "answer_id": i + 1}
                for i, a in enumerate(answers)]
     texts = [str(r["answer"]) for r in records]
-    if variant == "vqav2" and convention in ("official", "lmms-eval"):
-        if convention == "official":
+    if variant == "vqav2" and convention == "official":
+        texts = [_strip_ws(t) for t in texts]
+        pred = _strip_ws(prediction)
+        if len(set(texts)) > 1:  # only then are both sides normalised
+            texts = [process_digit_article(process_punctuation(t)) for t in texts]
+            pred = process_digit_article(process_punctuation(pred))
+        held = [{**r, "answer": t} for r, t in zip(records, texts, strict=True)]
+        accs = leave_one_out(pred, held, key=lambda r: r["answer"])
+        return sum_left(accs) / len(accs)
+    if variant == "vqav2" and convention == "lmms-eval":
+        texts = [_evalai_both_rules(_strip_ws(t)) for t in texts]
+        pred = _evalai_both_rules(_strip_ws(prediction))
+        held = [{**r, "answer": t} for r, t in zip(records, texts, strict=True)]
+        return float(statistics.mean(leave_one_out(pred, held, key=lambda r: r["answer"])))
+    if variant == "vqav2" and convention in ("official-2016", "lmms-eval-2024"):
+        if convention == "official-2016":
             pred = normalize_vqa(prediction)
             prep: Callable[[str], str] = process_punctuation
         else:
@@ -159,11 +187,11 @@ def question_accuracy(prediction: str, answers: Sequence[Any], variant: str = "v
             prep = _evalai_both_rules
         if len(set(texts)) > 1:
             texts = [prep(t) for t in texts]
-            if convention == "lmms-eval":
+            if convention == "lmms-eval-2024":
                 pred = _evalai_both_rules(pred)
         held = [{**r, "answer": t} for r, t in zip(records, texts, strict=True)]
         accs = leave_one_out(pred, held, key=lambda r: r["answer"])
-        if convention == "official":
+        if convention == "official-2016":
             return sum_left(accs) / len(accs)
         return float(statistics.mean(accs))
     # TextVQA (every convention) and VLMEvalKit: both sides normalised, one answer left out.
@@ -205,7 +233,9 @@ def score(items: Sequence[Mapping[str, Any]], variant: str = "vqav2",
             for it in items]
     n = len(accs)
     result: dict[str, Any] = {"convention": convention, "variant": variant, "n": n}
-    if convention == "official" and variant == "vqav2":
+    if convention in ("official-2016", "lmms-eval-2024") and variant == "textvqa":
+        raise InputError(f"vqa: {convention} is a VQAv2 convention")
+    if convention in ("official", "official-2016") and variant == "vqav2":
         by_answer: dict[str, list[float]] = {}
         by_question: dict[str, list[float]] = {}
         for it, acc in zip(items, accs, strict=True):
@@ -219,7 +249,7 @@ def score(items: Sequence[Mapping[str, Any]], variant: str = "vqav2",
     elif convention == "official":
         acc = sum_left(accs) / n
         result.update(overall=round(100.0 * acc, 2), accuracy=acc, unit="percent")
-    elif convention == "lmms-eval":
+    elif convention in ("lmms-eval", "lmms-eval-2024"):
         acc = sum_left(accs) / n
         result.update(overall=acc, accuracy=acc, unit="fraction")
     else:

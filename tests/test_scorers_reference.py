@@ -1,0 +1,70 @@
+"""The scorers against the real reference scripts, on inputs made for it (tests/refs): the
+figures in tests/refs/*.json are what those scripts printed, run as each file says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinyvlm.eval.scorers import scienceqa, seed, vqa
+
+from .refs.choice_inputs import scienceqa_case, seed_case
+from .refs.vqa_inputs import write_vqa_case
+
+REFS = Path(__file__).parent / "refs"
+
+
+def ref(name: str) -> dict:
+    return json.loads((REFS / name).read_text())
+
+
+@pytest.mark.parametrize("convention", ["official", "official-2016"])
+def test_vqav2_equals_the_official_script_of_its_version(convention: str, tmp_path: Path) -> None:
+    expected = ref("vqa_gt_vision_lab.json")["runs"][convention]
+    questions, annotations, results = write_vqa_case(tmp_path)
+    got = vqa.score_files(annotations, results, questions, convention=convention)
+    assert got["overall"] == expected["overall"]
+    assert got["per_answer_type"] == expected["perAnswerType"]
+    assert got["per_question_type"] == expected["perQuestionType"]
+    for item in vqa.load_items(annotations, results):
+        acc = vqa.question_accuracy(item["prediction"], item["answers"], convention=convention)
+        assert round(100 * acc, 2) == expected["evalQA"][str(item["question_id"])]
+
+
+def test_the_two_vqav2_versions_differ_by_ten_points_on_these_inputs() -> None:
+    runs = ref("vqa_gt_vision_lab.json")["runs"]
+    assert runs["official"]["overall"] - runs["official-2016"]["overall"] > 10
+
+
+@pytest.mark.parametrize("run", ["vqav2 lmms-eval", "vqav2 lmms-eval-2024", "textvqa lmms-eval"])
+def test_vqa_per_question_equals_lmms_eval(run: str, tmp_path: Path) -> None:
+    expected = ref("vqa_lmms_eval.json")["runs"][run]["exact_match"]
+    variant, convention = run.split()
+    _, annotations, results = write_vqa_case(tmp_path)
+    for item in vqa.load_items(annotations, results):
+        answers = item["answers"] if variant == "vqav2" else [a["answer"] for a in item["answers"]]
+        got = vqa.question_accuracy(item["prediction"], answers, variant, convention)
+        assert got == expected[str(item["question_id"])], item["question_id"]
+
+
+def test_scienceqa_lmms_eval_equals_its_process_results() -> None:
+    expected = ref("choice_lmms_eval.json")["scienceqa_exact_match"]
+    problems, answers = scienceqa_case()
+    for a in answers:
+        p = problems[a["question_id"]]
+        got = scienceqa.extract(a["text"], p["choices"], "lmms-eval") == "ABCDE"[p["answer"]]
+        assert float(got) == expected[a["question_id"]], repr(a["text"])
+    result = scienceqa.score(problems, {a["question_id"]: a for a in answers}, "lmms-eval")
+    assert result["accuracy"] == sum(expected.values()) / len(expected)
+
+
+def test_seed_lmms_eval_equals_its_aggregation() -> None:
+    expected = ref("choice_lmms_eval.json")
+    doc, answers = seed_case()
+    by_id = {a["question_id"]: a["prediction"] for a in answers}
+    assert seed.score(doc["questions"], by_id, "lmms-eval")["overall"] == expected["seed_all"]
+    for q in doc["questions"]:
+        one = seed.score([q], {q["question_id"]: by_id[q["question_id"]]}, "lmms-eval")
+        assert one["overall"] == expected["seed_per_question"][q["question_id"]]
