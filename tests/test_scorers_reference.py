@@ -11,7 +11,7 @@ import pytest
 from tinyvlm.eval.scorers import scienceqa, seed, vqa
 
 from .refs.choice_inputs import scienceqa_case, seed_case
-from .refs.vqa_inputs import write_vqa_case
+from .refs.vqa_inputs import textvqa_case, write_vqa_case
 
 REFS = Path(__file__).parent / "refs"
 
@@ -68,3 +68,32 @@ def test_seed_lmms_eval_equals_its_aggregation() -> None:
     for q in doc["questions"]:
         one = seed.score([q], {q["question_id"]: by_id[q["question_id"]]}, "lmms-eval")
         assert one["overall"] == expected["seed_per_question"][q["question_id"]]
+
+
+def write_textvqa(tmp_path: Path) -> tuple[Path, Path, Path]:
+    annotations, ours, llava = textvqa_case()
+    ann = tmp_path / "TextVQA_0.5.1_val.json"
+    ann.write_text(json.dumps(annotations))
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    (tmp_path / "llava.jsonl").write_text("".join(json.dumps(r) + "\n" for r in llava))
+    return ann, tmp_path / "ours.json", tmp_path / "llava.jsonl"
+
+
+def test_textvqa_sums_in_the_answer_files_order_as_the_m4c_evaluator(tmp_path: Path) -> None:
+    expected = ref("textvqa_llava.json")
+    # On these inputs the order shows in the last bit: it must be the answer file's.
+    assert expected["accuracy_in_answer_file_order"] != expected["accuracy_in_annotation_order"]
+    ann, ours, _ = write_textvqa(tmp_path)
+    got = vqa.score_files(ann, ours, variant="textvqa")
+    assert got["accuracy"] == expected["accuracy_in_answer_file_order"]
+    for item in vqa.load_items(ann, ours):
+        one = vqa.question_accuracy(item["prediction"], item["answers"], "textvqa")
+        assert one == expected["per_question"][str(item["question_id"])]
+
+
+def test_llavas_own_textvqa_answer_file_is_paired_by_image_and_question(tmp_path: Path) -> None:
+    expected = ref("textvqa_llava.json")
+    ann, _, llava = write_textvqa(tmp_path)
+    got = vqa.score_files(ann, llava, variant="textvqa")
+    assert f"Accuracy: {100 * got['accuracy']:.2f}%" == expected["eval_textvqa_printed"]
+    assert got["accuracy"] == expected["accuracy_in_answer_file_order"]

@@ -56,3 +56,30 @@ def write_vqa_case(directory: Path, seed: int = 0, n: int = 300) -> tuple[Path, 
     for path, doc in zip(paths, (questions, annotations, results), strict=True):
         path.write_text(json.dumps(doc))
     return paths
+
+
+def textvqa_case(seed: int = 1, images: int = 150) -> tuple[dict, list, list]:
+    """(TextVQA annotations, results in our layout, results in LLaVA's layout): several
+    questions per image, both result files in a shuffled order. LLaVA's layout keys a result
+    by the image id and the question in its prompt."""
+    rng = random.Random(seed)
+    data, ours, llava = [], [], []
+    qid = 0
+    for image in range(images):
+        for k in range(rng.randint(1, 3)):
+            qid += 1
+            choices = rng.sample(POOL, rng.randint(1, 4))
+            answers = [rng.choice(choices) for _ in range(10)]
+            question = f"What is written on sign {k} of picture {image}?"
+            data.append({"question_id": qid, "image_id": f"img{image:04d}",
+                         "question": question, "answers": answers})
+            pick = rng.choice(answers) if rng.random() < 0.7 else rng.choice(POOL)
+            prediction = pick + rng.choice(NOISE)
+            ours.append({"question_id": qid, "answer": prediction})
+            llava.append({"question_id": f"img{image:04d}", "text": prediction,
+                          "prompt": f"{question}\nAnswer the question using a single word "
+                                    "or phrase."})
+    order = list(range(len(ours)))
+    rng.shuffle(order)
+    return ({"dataset_name": "textvqa", "data": data}, [ours[i] for i in order],
+            [llava[i] for i in order])

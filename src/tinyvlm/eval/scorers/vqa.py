@@ -18,7 +18,10 @@ Conventions (the normalisation and the arithmetic differ, so the numbers do):
 - ``official``, variant ``textvqa`` (the M4C evaluator LLaVA's eval_textvqa.py uses): both
   sides go through the EvalAI processor (lowercase, drop ',' and '?', split "'s", then the
   same two rules); a prediction scores the leave-one-out mean of its own answer, 0 if no
-  human gave it; accuracy = sum / n, printed as ``100 * acc`` with two decimals.
+  human gave it; accuracy = sum / n summed in the answer file's order, printed as
+  ``100 * acc`` with two decimals. LLaVA's own answer file (``question_id`` holds the image
+  id, repeated when an image has several questions) is paired as eval_textvqa.py pairs it:
+  by the image id and the lower-cased question read from the prompt.
 - ``lmms-eval`` (lmms-eval since its commit 28ea9a1, August 2025): for vqav2 the prediction
   and the answers lose newlines and tabs and are stripped, then both always go through the
   punctuation and digit/article rules; for textvqa the EvalAI processor on both. A question's
@@ -50,7 +53,7 @@ from tinyvlm.eval.scorers._common import (
     sum_left,
     text_field,
 )
-from tinyvlm.io import read_json
+from tinyvlm.io import read_json, read_jsonl_numbered
 
 CONVENTIONS = ("official", "official-2016", "lmms-eval", "lmms-eval-2024", "vlmevalkit")
 VARIANTS = ("vqav2", "textvqa")
@@ -295,11 +298,67 @@ def load_items(annotations: str | Path, results: str | Path,
         if absent:
             raise InputError(f"{len(absent)} annotated question ids are not in the questions "
                              f"file (first: {absent[0]})", questions)
+    llava = _llava_textvqa(records, results)
+    if llava is not None:  # LLaVA's layout: already in the answer file's order
+        return llava
     preds = _read_results(results)
     require_same_ids(by_id, preds, annotations, results)
+    # TextVQA's evaluator sums in the answer file's order; VQAv2's walks the annotations.
+    order = list(preds) if "data" in ann else list(by_id)
     return [{"question_id": by_id[k]["question_id"], "prediction": preds[k],
              "answers": by_id[k]["answers"], "answer_type": by_id[k].get("answer_type"),
-             "question_type": by_id[k].get("question_type")} for k in by_id]
+             "question_type": by_id[k].get("question_type")} for k in order]
+
+
+def _llava_textvqa(records: list[dict[str, Any]], results: str | Path
+                   ) -> list[dict[str, Any]] | None:
+    """Items of a LLaVA TextVQA answer file ({question_id: image id, prompt, text} lines), or
+    None when `results` is not one: JSONL whose lines all carry a prompt and whose ids are
+    image ids of the annotations, not their question ids."""
+    if Path(results).suffix == ".json" or not all("image_id" in r and "question" in r
+                                                  for r in records):
+        return None
+    rows = read_jsonl_numbered(results)
+    question_ids = {key_of(r["question_id"]) for r in records}
+    if not rows or not all(isinstance(row, dict) and "prompt" in row and "question_id" in row
+                           for _, row in rows):
+        return None
+    if all(key_of(row["question_id"]) in question_ids for _, row in rows):
+        return None
+    by_key = {(key_of(r["image_id"]), str(r["question"]).lower()): r for r in records}
+    items = []
+    for line, row in rows:
+        key = (key_of(row["question_id"]), llava_question(str(row["prompt"]), results, line))
+        if key not in by_key:
+            raise InputError(f"no annotation for image {key[0]} and question {key[1]!r}",
+                             results, line)
+        ann = by_key[key]
+        items.append({"question_id": ann["question_id"],
+                      "prediction": text_field(row, ("text", "answer"), results, line),
+                      "answers": ann["answers"], "answer_type": None, "question_type": None})
+    return items
+
+
+_LLAVA_OCR = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
+
+
+def llava_question(prompt: str, path: str | Path = "<results>", line: int | None = None) -> str:
+    """The question of a LLaVA TextVQA prompt, lower-cased, as eval_textvqa.py reads it."""
+    lines = prompt.split("\n")
+    if prompt.startswith("OCR tokens: "):
+        match = _LLAVA_OCR.search(prompt)
+        if match is None:
+            raise InputError("an 'OCR tokens:' prompt without 'Question: ... Short answer:'",
+                             path, line)
+        question = match.group(1)
+    elif "Reference OCR token: " in prompt and len(lines) == 3:
+        question = lines[1] if prompt.startswith("Reference OCR token:") else lines[0]
+    elif len(lines) == 2:
+        question = lines[0]
+    else:
+        raise InputError("cannot find the question in this prompt (LLaVA's eval_textvqa.py "
+                         "reads three prompt shapes)", path, line)
+    return question.lower()
 
 
 def _read_results(path: str | Path) -> dict[str, str]:
