@@ -14,24 +14,32 @@ from tinyvlm.eval.scorers import choice, mmbench
 OPTIONS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
 
 
-@pytest.mark.parametrize(("prediction", "vlm", "lmms"), [
-    ("B", "B", "B"),
-    ("(B)", "B", "B"),                       # lmms-eval: the "(B)" form
-    ("B.", "B", "B"),
-    ("The answer is C", "C", "C"),
-    ("The answer is C.", "C", "C"),           # lmms-eval: the "C." form
-    (":D", "D", "D"),
-    ("A dog", "A", "A"),                      # a lone 'A' is read as the option
-    ("A dog is sitting there", "A", "B"),     # lmms-eval: 'A' in a long answer is an article
-    ("a dog", "B", "B"),                      # no letter: the one option text found
-    ("cat and dog", None, None),              # two option texts
-    ("I think A, not B", None, "B"),          # lmms-eval splits on spaces: "A," is no letter
-    ("Z", "Z", None),                         # VLMEvalKit: 'Z' = none of the options
-    ("Sorry, I can't help with images of people yet.", "Z", None),
-    ("", None, None),
-    ("Nope", None, None),
+@pytest.mark.parametrize(("prediction", "vlm2024", "vlm", "lmms"), [
+    ("B", "B", "B", "B"),
+    ("(B)", "B", "B", "B"),                       # lmms-eval: the "(B)" form
+    ("B.", "B", "B", "B"),
+    ("The answer is C", "C", "C", "C"),
+    ("The answer is C.", "C", "C", "C"),          # lmms-eval: the "C." form
+    (":D", "D", "D", "D"),
+    ("A dog", "A", "A", "A"),                     # a lone 'A' is read as the option
+    # 'A' in a long answer: lmms-eval reads an article; VLMEvalKit since 2025 wants the letter
+    # among the last five words, so it reads the text "dog"
+    ("A dog is sitting there", "A", "B", "B"),
+    ("a dog", "B", "B", "B"),                     # no letter: the one option text found
+    ("cat and dog", None, None, None),            # two option texts
+    ("I think A, not B", None, None, "B"),        # lmms-eval splits on spaces: "A," is no letter
+    ("Z", "Z", "Z", None),                        # VLMEvalKit: 'Z' = none of the options
+    ("Sorry, I can't help with images of people yet.", "Z", "Z", None),
+    ("", None, None, None),
+    ("Nope", None, None, None),
+    # since June 2026: a verbose reply naming the answer, letters A to D only
+    ("A and B look alike; the correct answer is **c**.", None, "C", None),
+    # since August 2025: no option text in a reply over twice as long as all options
+    ("well, " * 10 + "dog", "B", None, "B"),
 ])
-def test_choice_rules(prediction: str, vlm: str | None, lmms: str | None) -> None:
+def test_choice_rules(prediction: str, vlm2024: str | None, vlm: str | None,
+                      lmms: str | None) -> None:
+    assert choice.vlmevalkit_choice_2024(prediction, OPTIONS) == vlm2024
     assert choice.vlmevalkit_choice(prediction, OPTIONS) == vlm
     assert choice.lmms_eval_choice(prediction, OPTIONS) == lmms
 
@@ -69,7 +77,8 @@ def test_circular_grouping_official() -> None:
     assert got["overall"] == 1 / 4  # only q1
     assert got["per_category"] == {"color": 0.5, "count": 0.0}
     assert got["per_l2_category"] == {"perception": 1 / 3, "reasoning": 0.0}
-    assert mmbench.score(ROWS, "vlmevalkit")["overall"] == got["overall"]
+    assert mmbench.score(ROWS, "vlmevalkit-2024")["overall"] == got["overall"]
+    assert mmbench.score(ROWS, "vlmevalkit")["overall"] == 2 / 4  # q4 reads "dog" now
 
 
 def test_circular_grouping_lmms_eval() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyvlm.eval.scorers import scienceqa, seed, vqa
+from tinyvlm.eval.scorers import choice, mmbench, scienceqa, seed, vqa
 
-from .refs.choice_inputs import scienceqa_case, seed_case
+from .refs.choice_inputs import OPTIONS_CASES, mmbench_case, scienceqa_case, seed_case
 from .refs.vqa_inputs import textvqa_case, write_vqa_case
 
 REFS = Path(__file__).parent / "refs"
@@ -97,3 +97,30 @@ def test_llavas_own_textvqa_answer_file_is_paired_by_image_and_question(tmp_path
     got = vqa.score_files(ann, llava, variant="textvqa")
     assert f"Accuracy: {100 * got['accuracy']:.2f}%" == expected["eval_textvqa_printed"]
     assert got["accuracy"] == expected["accuracy_in_answer_file_order"]
+
+
+def test_vlmevalkit_choice_equals_can_infer_now_and_before_august_2025() -> None:
+    expected = ref("choice_vlmevalkit.json")["can_infer"]
+    assert sum(e["now"] != e["2024"] for e in expected) > 10  # the two rules really differ here
+    for (prediction, choices), e in zip(OPTIONS_CASES, expected, strict=True):
+        assert choice.vlmevalkit_choice(prediction, dict(choices)) == e["now"], prediction
+        assert choice.vlmevalkit_choice_2024(prediction, dict(choices)) == e["2024"], prediction
+
+
+def test_mmbench_under_vlmevalkit_reads_the_tsv_as_pandas_does(tmp_path: Path) -> None:
+    import csv
+
+    expected = ref("choice_vlmevalkit.json")["pandas_rows"]
+    header, rows = mmbench_case()
+    path = tmp_path / "mmbench.tsv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, header, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    typed = mmbench.read_tsv(path, as_pandas=True)
+    assert any(r["prediction"] is None for r in typed)  # predictions pandas reads as missing
+    assert any(isinstance(r["D"], float) for r in typed)  # a column of numbers with a gap
+    for r in typed:
+        prediction = "nan" if r["prediction"] is None else str(r["prediction"])
+        got = mmbench.pick(prediction, mmbench.row_choices(r), "vlmevalkit")
+        assert got == expected[str(r["index"])], r["index"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from tinyvlm.data.conversation import Turn
 from tinyvlm.errors import InputError
+from tinyvlm.eval.scorers._common import is_missing as is_missing
 from tinyvlm.io import atomic_path
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -104,13 +105,3 @@ def write_embedded(data: str, ctx: LoadContext, source: Path, line: int | None) 
         with atomic_path(path) as tmp:
             tmp.write_bytes(raw)
     return path
-
-
-def is_missing(value: Any) -> bool:
-    """Empty cells as pandas reads them (VLMEvalKit reads TSVs with pandas): '', 'nan',
-    'None', 'NA', ... are all missing, so an option spelled 'None' is dropped there too."""
-    return value is None or str(value).strip() in _NA
-
-
-_NA = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}

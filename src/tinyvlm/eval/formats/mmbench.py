@@ -20,7 +20,6 @@ from tinyvlm.eval.formats.base import (
 )
 from tinyvlm.eval.scorers import mmbench as scorer
 from tinyvlm.eval.scorers._common import read_tsv
-from tinyvlm.eval.scorers.choice import vlmevalkit_choice
 from tinyvlm.io import atomic_write
 
 KIND = "mmbench"
@@ -88,7 +87,7 @@ def write_answers(bench: Benchmark, samples: list[dict[str, Any]], out_dir: Path
 
 def score(bench: Benchmark, samples: list[dict[str, Any]], answers: Path) -> dict[str, Any]:
     for s in samples:  # per row; the result is circular (every rotation must be right)
-        parsed = vlmevalkit_choice(s["prediction"], dict(s["options"]))
+        parsed = scorer.pick(s["prediction"], dict(s["options"]))  # the official rule
         s.update(parsed=parsed, score=float(parsed == s["answer"]))
     return dict(scorer.score_files(answers))
 

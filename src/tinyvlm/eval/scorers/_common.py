@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,44 @@ def read_tsv(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, str
     except UnicodeDecodeError:
         raise InputError("not a UTF-8 text file", path) from None
     return header, rows
+
+
+# The cells pandas.read_csv reads as missing by default (pandas >= 2: 'None' too); VLMEvalKit
+# reads TSVs with pandas, so an option spelled like one of these is no option there.
+NA_CELLS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                      "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                      "nan", "null"})
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|Inf|INF|"
+                    r"infinity|Infinity|INFINITY)")
+_BOOL = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False,
+         "false": False}
+
+
+def is_missing(value: Any) -> bool:
+    """A cell pandas reads as missing (exactly: ' NA' is not)."""
+    return value is None or str(value) in NA_CELLS
+
+
+def pandas_cells(header: Sequence[str], rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """TSV cells as pandas.read_csv(sep='\t') types them by default, column by column: a
+    missing cell is None; a column of integers without a missing cell holds ints, a column
+    of numbers floats (str(1.0) is '1.0'), a column of True/False without a missing cell
+    bools; every other column keeps its strings."""
+    columns: dict[str, Callable[[str], Any]] = {}
+    for col in header:
+        present = [r[col] for r in rows if not is_missing(r[col])]
+        complete = len(present) == len(rows)
+        if present and complete and all(_INT.fullmatch(v) for v in present):
+            columns[col] = int
+        elif present and all(_INT.fullmatch(v) or _FLOAT.fullmatch(v) for v in present):
+            columns[col] = float
+        elif present and complete and all(v in _BOOL for v in present):
+            columns[col] = _BOOL.__getitem__
+        else:
+            columns[col] = str
+    return [{col: None if is_missing(r[col]) else columns[col](r[col]) for col in header}
+            for r in rows]
 
 
 def text_field(row: Mapping[str, Any], keys: Sequence[str], path: str | Path,

@@ -6,10 +6,17 @@ answer is right; a TSV without copies is scored question by question.
 
 Conventions:
 
-- ``official`` = ``vlmevalkit`` (MMBench's own evaluation lives in VLMEvalKit): each copy's
-  prediction goes through `choice.vlmevalkit_choice`; a copy that names a wrong option fails
-  the question at once; if every copy names the right one, it passes; copies that name none
-  go to the judge, and without a judge the question fails (VLMEvalKit's exact-matching mode).
+- ``official`` (MMBench's evaluation as its published numbers were computed: VLMEvalKit's
+  rule before August 2025, `choice.vlmevalkit_choice_2024`, also selectable as
+  ``vlmevalkit-2024``): each copy's prediction names an option; a copy that names a wrong
+  option fails the question at once; if every copy names the right one, it passes; copies
+  that name none go to the judge, and without a judge the question fails (VLMEvalKit's
+  exact-matching mode). The answer file's cells are read as written: an option spelled
+  "None" or "N/A" is an option, since that is the text the question showed.
+- ``vlmevalkit``: VLMEvalKit as it is now: its current rule (`choice.vlmevalkit_choice`) and
+  its reading of the TSV with pandas, so options spelled like pandas' missing values ("None",
+  "N/A", "NA", "nan", empty, ...) are no options, a prediction spelled that way reads "nan",
+  and a column of numbers holds numbers ("1" reads "1.0" where the column has a gap).
 - ``lmms-eval``: the same circular logic with `choice.lmms_eval_choice`.
 
 The optional judge is a callable ``judge(row) -> str | None`` given the row (question,
@@ -26,23 +33,34 @@ from pathlib import Path
 from typing import Any
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.scorers._common import check_convention
+from tinyvlm.eval.scorers._common import check_convention, pandas_cells
 from tinyvlm.eval.scorers._common import read_tsv as read_tsv_rows
-from tinyvlm.eval.scorers.choice import Choices, lmms_eval_choice, vlmevalkit_choice
+from tinyvlm.eval.scorers.choice import (
+    Choices,
+    lmms_eval_choice,
+    vlmevalkit_choice,
+    vlmevalkit_choice_2024,
+)
 
-CONVENTIONS = ("official", "lmms-eval", "vlmevalkit")
+CONVENTIONS = ("official", "vlmevalkit", "vlmevalkit-2024", "lmms-eval")
 CIRCULAR_OFFSET = 1_000_000
 
 Row = Mapping[str, Any]
 Judge = Callable[[Row], "str | None"]
 _RULES: dict[str, Callable[[str, Choices], str | None]] = {
-    "official": vlmevalkit_choice, "vlmevalkit": vlmevalkit_choice,
-    "lmms-eval": lmms_eval_choice,
+    "official": vlmevalkit_choice_2024, "vlmevalkit-2024": vlmevalkit_choice_2024,
+    "vlmevalkit": vlmevalkit_choice, "lmms-eval": lmms_eval_choice,
 }
 
 
+def pick(prediction: str, choices: Choices, convention: str = "official") -> str | None:
+    """The option a prediction names under `convention` (None: none, a judge's case)."""
+    return _RULES[convention](prediction, choices)
+
+
 def row_choices(row: Row) -> dict[str, str]:
-    """The options of a row: the letter columns A, B, ... that are present and not empty."""
+    """The options of a row: the letter columns A, B, ... that are present and not empty
+    (None, in rows read as pandas reads them)."""
     return {c: str(row[c]) for c in string.ascii_uppercase
             if c in row and row[c] is not None and str(row[c]) != ""}
 
@@ -51,7 +69,9 @@ def group_hit(rows: Sequence[Row], convention: str = "official",
               judge: Judge | None = None) -> tuple[int, bool]:
     """(1 or 0, whether a judge was needed but absent) for one question's circular copies."""
     rule = _RULES[convention]
-    picked = [rule(str(r["prediction"]), row_choices(r)) for r in rows]
+    # str(): a prediction pandas read as missing is the text "nan", as VLMEvalKit sees it.
+    picked = [rule("nan" if r["prediction"] is None else str(r["prediction"]), row_choices(r))
+              for r in rows]
     for r, p in zip(rows, picked, strict=True):
         if p is not None and p != r["answer"]:
             return 0, False
@@ -105,9 +125,10 @@ def _by(hits: Sequence[tuple[Row, int]], key: str) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
-def read_tsv(path: str | Path) -> list[dict[str, Any]]:
+def read_tsv(path: str | Path, as_pandas: bool = False) -> list[dict[str, Any]]:
     """Rows of an MMBench TSV with predictions: index, question, A..D, answer, prediction,
-    category, l2-category (other columns, e.g. base64 images, are kept and ignored)."""
+    category, l2-category (other columns, e.g. base64 images, are kept and ignored).
+    `as_pandas`: the cells as pandas reads them (see _common.pandas_cells)."""
     header, table = read_tsv_rows(path)
     absent = [k for k in ("index", "answer", "prediction") if k not in header]
     if absent:
@@ -127,6 +148,10 @@ def read_tsv(path: str | Path) -> list[dict[str, Any]]:
             raise InputError(f"answer {row['answer']!r} is not one of the options "
                              f"{', '.join(row_choices(row)) or '(none)'}", path, line)
         rows.append({**row, "index": index, "prediction": row["prediction"] or ""})
+    if as_pandas:
+        typed = pandas_cells(header, [r for _, r in table])
+        return [{**t, "index": r["index"], "answer": r["answer"]}
+                for t, r in zip(typed, rows, strict=True)]
     return rows
 
 
@@ -134,4 +159,4 @@ def score_files(predictions: str | Path, convention: str = "official",
                 judge: Judge | None = None) -> dict[str, Any]:
     """Read an MMBench TSV with a prediction column and score it (see score)."""
     check_convention("mmbench", convention, CONVENTIONS)
-    return score(read_tsv(predictions), convention, judge)
+    return score(read_tsv(predictions, as_pandas=convention == "vlmevalkit"), convention, judge)
