@@ -124,3 +124,47 @@ def test_mmbench_under_vlmevalkit_reads_the_tsv_as_pandas_does(tmp_path: Path) -
         prediction = "nan" if r["prediction"] is None else str(r["prediction"])
         got = mmbench.pick(prediction, mmbench.row_choices(r), "vlmevalkit")
         assert got == expected[str(r["index"])], r["index"]
+
+
+def test_pope_official_equals_llavas_eval_pope_per_split(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import pope
+
+    from .refs.pope_inputs import write_pope_case
+
+    expected = ref("llava_scripts.json")["pope"]
+    paths = write_pope_case(tmp_path)
+    got = pope.score_files([a for a, _ in paths.values()], [p for _, p in paths.values()])
+    assert set(got["splits"]) == set(expected)
+    for split, e in expected.items():
+        s = got["splits"][split]
+        for key in ("n", "tp", "fp", "tn", "fn", "accuracy", "precision", "recall", "f1",
+                    "yes_ratio"):
+            assert s[key] == e[key], (split, key)
+
+
+def test_scienceqa_official_equals_llavas_eval_science_qa() -> None:
+    expected = ref("llava_scripts.json")["scienceqa"]
+    problems, answers = scienceqa_case()
+    result = scienceqa.score(problems, {a["question_id"]: a for a in answers})
+    assert result["accuracy"] == expected["acc"]
+    assert (result["correct"], result["total"]) == (expected["correct"], expected["count"])
+    printed = (f"Total: {result['total']}, Correct: {result['correct']}, "
+               f"Accuracy: {result['accuracy']:.2f}%, IMG-Accuracy: {result['img_accuracy']:.2f}%")
+    assert printed == expected["printed"]
+    for a in answers:
+        p = problems[a["question_id"]]
+        letter = scienceqa.extract(a["text"], p["choices"])
+        index = -1 if letter is None else "ABCDE".index(letter)
+        assert index == expected["results"][a["question_id"]], repr(a["text"])
+
+
+def test_seed_official_equals_llavas_convert_seed_for_submission() -> None:
+    expected = ref("llava_scripts.json")["seed"]["printed"]
+    doc, answers = seed_case()
+    names = {int(v): k for k, v in doc["question_type"].items()}
+    got = seed.score(doc["questions"], {a["question_id"]: a["prediction"] for a in answers},
+                     dimension_names=names)
+    printed = [f"{k}: {v:.2f}%" for k, v in got["per_dimension"].items()]
+    printed.append(f"Total accuracy: {got['overall']:.2f}%")
+    printed += [f"{k} accuracy: {v:.2f}%" for k, v in got["per_data_type"].items()]
+    assert printed == expected

@@ -45,9 +45,15 @@ def seed_case(seed: int = 0, n: int = 200) -> tuple[dict, list]:
              "data_id": f"{i}.jpg", "data_type": "image", "question_type_id": 1 + i % 9,
              **{f"choice_{c}": f"choice {c} of {i}" for c in "abcd"}}
         questions.append(q)
-        answers.append({"question_id": str(i),
-                        "prediction": prediction(rng, letter, q[f"choice_{letter.lower()}"])})
-    types = {f"dimension {k}": k for k in range(1, 10)}
+        text = prediction(rng, letter, q[f"choice_{letter.lower()}"])
+        # A right answer in every dimension: LLaVA's converter fails on a dimension without.
+        answers.append({"question_id": str(i), "prediction": truth if i < 9 else text})
+    for j in range(2):  # video questions too (LLaVA's converter divides by their count)
+        questions.append({"question_id": str(n + j), "question": "v?", "answer": "A",
+                          "data_id": f"v{j}.mp4", "data_type": "video",
+                          "question_type_id": 10, **{f"choice_{c}": c for c in "abcd"}})
+        answers.append({"question_id": str(n + j), "prediction": "A" if j else "B"})
+    types = {f"dimension {k}": k for k in range(1, 11)}
     return {"questions": questions, "question_type": types}, answers
 
 
