@@ -168,3 +168,64 @@ def test_seed_official_equals_llavas_convert_seed_for_submission() -> None:
     printed.append(f"Total accuracy: {got['overall']:.2f}%")
     printed += [f"{k} accuracy: {v:.2f}%" for k, v in got["per_data_type"].items()]
     assert printed == expected
+
+
+def test_pope_lmms_eval_equals_its_aggregations(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import pope
+
+    from .refs.pope_inputs import write_pope_case
+
+    expected = ref("pope_mme.json")["pope_lmms_eval"]
+    paths = write_pope_case(tmp_path)
+    got = pope.score_files([a for a, _ in paths.values()], [p for _, p in paths.values()],
+                           convention="lmms-eval")
+    for split, e in expected.items():
+        s = got["splits"][split]
+        assert (s["accuracy"], s["precision"], s["recall"], s["f1"], s["yes_ratio"]) == (
+            e["accuracy"], e["precision"], e["recall"], e["f1_score"], e["yes_ratio"]), split
+
+
+def test_mme_official_equals_the_eval_tools_calculation(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import mme
+
+    from .refs.mme_inputs import write_mme_case
+
+    expected = ref("pope_mme.json")["mme_official"]
+    got = mme.score_files(write_mme_case(tmp_path))
+    assert got["subtasks"] == expected["subtasks"]
+    assert (got["perception"], got["cognition"]) == (expected["perception"],
+                                                     expected["cognition"])
+
+
+def test_mme_lmms_eval_equals_its_aggregation(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import mme
+
+    from .refs.mme_inputs import write_mme_case
+
+    expected = ref("pope_mme.json")
+    got = mme.score_files(write_mme_case(tmp_path), convention="lmms-eval")
+    assert got["perception"] == expected["mme_lmms_eval"]["mme_perception_score"]
+    assert got["cognition"] == expected["mme_lmms_eval"]["mme_cognition_score"]
+    logged = [f"{k}: {v:.2f}" for k, v in got["subtasks"].items()]
+    assert logged == expected["mme_lmms_eval_logged"]
+
+
+def test_pope_and_mme_vlmevalkit_equal_its_ratings(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import mme, pope
+
+    from .refs.mme_inputs import write_mme_case
+    from .refs.pope_inputs import write_pope_case
+
+    expected = ref("pope_mme.json")
+    paths = write_pope_case(tmp_path)
+    got = pope.score_files([a for a, _ in paths.values()], [p for _, p in paths.values()],
+                           convention="vlmevalkit")
+    for split, e in expected["pope_vlmevalkit"].items():
+        s = got["all"] if split == "Overall" else got["splits"][split]
+        assert (s["f1"], s["accuracy"], s["precision"], s["recall"]) == (
+            e["Overall"], e["acc"], e["precision"], e["recall"]), split
+    (tmp_path / "mme").mkdir()
+    m = mme.score_files(write_mme_case(tmp_path / "mme"), convention="vlmevalkit")
+    e = dict(expected["mme_vlmevalkit"])
+    assert (m["perception"], m["cognition"]) == (e.pop("perception"), e.pop("reasoning"))
+    assert m["subtasks"] == e
