@@ -229,3 +229,16 @@ def test_pope_and_mme_vlmevalkit_equal_its_ratings(tmp_path: Path) -> None:
     e = dict(expected["mme_vlmevalkit"])
     assert (m["perception"], m["cognition"]) == (e.pop("perception"), e.pop("reasoning"))
     assert m["subtasks"] == e
+
+
+def test_textvqa_vlmevalkit_equals_its_process_line(tmp_path: Path) -> None:
+    expected = ref("textvqa_vlmevalkit.json")
+    ann, ours, _ = write_textvqa(tmp_path)
+    got = vqa.score_files(ann, ours, variant="textvqa", convention="vlmevalkit")
+    assert got["overall"] == expected["Overall"]
+    for item in vqa.load_items(ann, ours):
+        one = vqa.question_accuracy(item["prediction"], item["answers"], "textvqa", "vlmevalkit")
+        assert one == expected["per_question"][str(item["question_id"])], item["prediction"]
+    # Its period rule differs from the official one after a digit, and these inputs show it.
+    assert vqa.question_accuracy("10.", ["10"] * 10, "textvqa", "vlmevalkit") == 0.0
+    assert vqa.question_accuracy("10.", ["10"] * 10, "textvqa", "official") == 1.0

@@ -34,7 +34,7 @@ from tinyvlm.eval.scorers._common import (
     sum_left,
     text_field,
 )
-from tinyvlm.eval.scorers.vqa import process_punctuation
+from tinyvlm.eval.scorers.vqa import PERIOD_VLMEVALKIT, process_punctuation
 
 CONVENTIONS = ("official", "lmms-eval", "vlmevalkit")
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "tp", "fp", "tn", "fn", "n")
@@ -65,11 +65,12 @@ def lmms_eval_answer(text: str) -> str:
 def vlmevalkit_answer(text: str) -> str:
     """VLMEvalKit's YOrN extraction: 'yes', 'no' or 'unknown'.
 
-    Lowercase, apply the VQA punctuation rule, split on whitespace: 'yes' iff the word 'yes'
-    is there and the word 'no' is not, 'no' for the converse, 'unknown' otherwise; so
+    Lowercase, apply VLMEvalKit's copy of the VQA punctuation rule, split on whitespace:
+    'yes' iff the word 'yes' is there and the word 'no' is not, 'no' for the converse,
+    'unknown' otherwise; so
     'yes, the output is "no"' is 'unknown' (its quotes are removed, leaving both words).
     """
-    words = process_punctuation(text.lower()).split()
+    words = process_punctuation(text.lower(), period=PERIOD_VLMEVALKIT).split()
     has_yes, has_no = "yes" in words, "no" in words
     if has_yes != has_no:
         return "yes" if has_yes else "no"

@@ -30,7 +30,8 @@ Conventions (the normalisation and the arithmetic differ, so the numbers do):
 - ``lmms-eval-2024`` (vqav2; lmms-eval before July 2025, e.g. 7548ebe1): the full EvalAI
   processor on the prediction; the answers, and the prediction once more, go through the
   punctuation and digit/article rules only when the answers disagree.
-- ``vlmevalkit`` (textvqa only): the VQAv2 prediction normalisation applied to both sides;
+- ``vlmevalkit`` (textvqa only): the VQAv2 prediction normalisation applied to both sides,
+  except that a period right after a digit stays ("10." does not match "10");
   ``numpy.mean`` per question, ``numpy.mean * 100`` overall.
 """
 
@@ -67,6 +68,8 @@ ARTICLES = frozenset({"a", "an", "the"})
 # A '.' not followed by a digit. The scripts pass re.UNICODE (= 32) where `count` goes, so at
 # most 32 periods are removed; we keep that.
 _PERIOD = re.compile(r"\.(?!\d)")
+# VLMEvalKit's copy fixed the lookbehind: a '.' right after a digit stays ("10." is not "10").
+PERIOD_VLMEVALKIT = re.compile(r"(?<!\d)\.(?!\d)")
 _PERIOD_COUNT = int(re.UNICODE)
 # Any "digit,digit" switches the rule to deleting punctuation instead of spacing it.
 _DIGIT_COMMA_VQA = re.compile(r"\d,\d")
@@ -101,10 +104,12 @@ def _contractions() -> dict[str, str]:
 CONTRACTIONS = _contractions()
 
 
-def process_punctuation(text: str, digit_comma: re.Pattern[str] = _DIGIT_COMMA_VQA) -> str:
+def process_punctuation(text: str, digit_comma: re.Pattern[str] = _DIGIT_COMMA_VQA,
+                        period: re.Pattern[str] = _PERIOD) -> str:
     """The VQA punctuation rule: each mark is deleted if it touches a space anywhere in the
     original text (or if the text has a digit,digit comma), else replaced by a space; then
-    periods not followed by a digit are deleted (at most 32 of them)."""
+    periods not followed by a digit are deleted (at most 32 of them; `period` says which
+    periods: VLMEvalKit also keeps one that follows a digit)."""
     out = text
     glued_numbers = digit_comma.search(text) is not None
     for p in PUNCTUATION:
@@ -112,7 +117,7 @@ def process_punctuation(text: str, digit_comma: re.Pattern[str] = _DIGIT_COMMA_V
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD.sub("", out, count=_PERIOD_COUNT)
+    return period.sub("", out, count=_PERIOD_COUNT)
 
 
 def process_digit_article(text: str) -> str:
@@ -126,9 +131,15 @@ def _strip_ws(text: str) -> str:
 
 
 def normalize_vqa(answer: str) -> str:
-    """The official VQAv2 normalisation of a prediction (also VLMEvalKit's process_answer)."""
+    """The official VQAv2 normalisation of a prediction."""
     text = answer.replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(text))
+
+
+def normalize_vlmevalkit(answer: str) -> str:
+    """VLMEvalKit's process_answer: the VQAv2 rule with its own period rule."""
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text, period=PERIOD_VLMEVALKIT))
 
 
 def normalize_evalai(answer: str) -> str:
@@ -198,7 +209,7 @@ def question_accuracy(prediction: str, answers: Sequence[Any], variant: str = "v
             return sum_left(accs) / len(accs)
         return float(statistics.mean(accs))
     # TextVQA (every convention) and VLMEvalKit: both sides normalised, one answer left out.
-    norm = normalize_vqa if convention == "vlmevalkit" else normalize_evalai
+    norm = normalize_vlmevalkit if convention == "vlmevalkit" else normalize_evalai
     gts = [norm(t) for t in texts]
     pred = norm(prediction)
     accs = leave_one_out(pred, list(enumerate(gts)), key=lambda item: item[1])
