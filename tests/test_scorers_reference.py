@@ -242,3 +242,26 @@ def test_textvqa_vlmevalkit_equals_its_process_line(tmp_path: Path) -> None:
     # Its period rule differs from the official one after a digit, and these inputs show it.
     assert vqa.question_accuracy("10.", ["10"] * 10, "textvqa", "vlmevalkit") == 0.0
     assert vqa.question_accuracy("10.", ["10"] * 10, "textvqa", "official") == 1.0
+
+
+def test_mmbench_lmms_eval_equals_its_can_infer(tmp_path: Path) -> None:
+    import csv
+
+    expected = ref("mmbench_lmms_eval.json")
+    checked = 0
+    for (prediction, choices), e in zip(OPTIONS_CASES, expected["can_infer"], strict=True):
+        if e == "not run: an option beyond D":
+            continue
+        assert choice.lmms_eval_choice(prediction, dict(choices)) == e, prediction
+        checked += 1
+    assert checked > 200
+    header, rows = mmbench_case()
+    path = tmp_path / "mmbench.tsv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, header, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    for r in mmbench.read_tsv(path, as_pandas=True):
+        prediction = "nan" if r["prediction"] is None else str(r["prediction"])
+        got = mmbench.pick(prediction, mmbench.row_choices(r), "lmms-eval")
+        assert got == expected["prefetch"][str(r["index"])], r["index"]
