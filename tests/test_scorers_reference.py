@@ -285,3 +285,27 @@ def test_moat_equals_its_analyze_py_under_python_312(tmp_path: Path) -> None:
     assert got["runs"] == expected["runs"]
     assert got["per_capability"] == per_cap
     assert got["per_combination"] == expected["per_combination"]
+
+
+@pytest.mark.parametrize("run", ["testdev", "with_choices_consistency"])
+def test_gqa_equals_its_eval_py(run: str, tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import gqa
+
+    from .refs.gqa_inputs import write_gqa_case
+
+    expected = ref("gqa_eval.json")["runs"][run]
+    questions, choices, answers = write_gqa_case(tmp_path)
+    extra = {"choices": choices, "consistency": True} if run != "testdev" else {}
+    got = gqa.score_files(questions, answers, **extra)
+    for key in ("accuracy", "binary", "open", "distribution"):
+        assert got[key] == expected[key], key
+    if run == "testdev":  # the script prints 0 for what it cannot compute; we say None
+        assert expected["validity"] == expected["plausibility"] == 0.0
+        assert got["validity"] is got["plausibility"] is got["consistency"] is None
+    else:
+        for key in ("validity", "plausibility", "consistency"):
+            assert got[key] == expected[key], key
+    for ours, theirs in (("per_structural_type", "accuracyPerStructuralType"),
+                         ("per_semantic_type", "accuracyPerSemanticType"),
+                         ("per_steps", "accuracyPerSteps"), ("per_length", "accuracyPerLength")):
+        assert {k: [v["accuracy"], v["n"]] for k, v in got[ours].items()} == expected[theirs]

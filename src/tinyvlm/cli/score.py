@@ -162,3 +162,31 @@ def score_moat(predictions: tuple[str, ...], convention: str, table: bool) -> No
     from tinyvlm.eval.scorers import moat
 
     print_scores(lambda: moat.score_files(predictions, convention), table)
+
+
+@score_group.command("gqa")
+@click.option("--questions", required=True,
+              help="GQA questions JSON (e.g. testdev_balanced_questions.json).")
+@click.option("--predictions", required=True,
+              help="Predictions: eval.py's JSON [{questionId, prediction}], or LLaVA's JSONL "
+                   "answers (question_id, text; lowercased, trailing periods stripped).")
+@click.option("--choices", default=None,
+              help="Choices JSON (valid / plausible answers): adds validity and plausibility.")
+@click.option("--consistency", is_flag=True,
+              help="Also score consistency (needs predictions for every question of the "
+                   "file, e.g. the all-questions file).")
+@score_options
+def score_gqa(questions: str, predictions: str, choices: str | None, consistency: bool,
+              convention: str, table: bool) -> None:
+    """GQA accuracy (binary, open, per structural and semantic type, per steps and length)
+    and distribution, as GQA's eval.py computes them.
+
+    \b
+    Example:
+      tinyvlm score gqa --questions testdev_balanced_questions.json \\
+          --predictions testdev_balanced_predictions.json
+    """
+    from tinyvlm.eval.scorers import gqa
+
+    print_scores(lambda: gqa.score_files(questions, predictions, choices, consistency,
+                                          convention), table)

@@ -39,7 +39,7 @@ class Item:
 
 @dataclass
 class Benchmark:
-    kind: str  # the format: llava, pope, mme, mmbench, seed, scienceqa, vqa, moat
+    kind: str  # the format: a key of formats.FORMATS (pope, mme, gqa, ...)
     path: Path  # the file (or directory) given
     items: list[Item]
     notes: list[str] = field(default_factory=list)  # e.g. items skipped and why

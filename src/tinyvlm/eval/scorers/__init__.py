@@ -20,12 +20,12 @@ from tinyvlm.eval.scorers._common import CONVENTIONS, format_table
 
 SCORERS: dict[str, str] = {
     name: f"tinyvlm.eval.scorers.{name}"
-    for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat")
+    for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat", "gqa")
 }
 
 
 def get(name: str) -> ModuleType:
-    """The scorer module of benchmark `name` (pope, mme, mmbench, seed, scienceqa, vqa, moat)."""
+    """The scorer module of benchmark `name` (one of SCORERS)."""
     if name not in SCORERS:
         raise InputError(f"no scorer for benchmark '{name}'{closest(name, SCORERS)} "
                          f"(known: {', '.join(SCORERS)})")

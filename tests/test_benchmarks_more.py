@@ -1,0 +1,82 @@
+"""GQA, VizWiz, CHAIR (Object HalBench) and MMHal-Bench end to end: a tiny file of each
+through the harness (load, prompt, answer file, score) and through `tinyvlm score`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tinyvlm.cli import cli
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.eval.harness import evaluate_models
+from tinyvlm.models.vlm import TinyVLM
+
+from .conftest import TEXTS, tiny_model_config
+from .test_cli import run_cli
+from .test_harness import WORDS, answer_always, png
+
+
+@pytest.fixture(scope="module")
+def model() -> TinyVLM:
+    tok = Tokenizer.train([*TEXTS, " ".join(WORDS)])
+    torch.manual_seed(0)
+    return TinyVLM.from_tokenizer(tiny_model_config(), tok).eval()
+
+
+def make_gqa(root: Path) -> Path:
+    png(root / "images" / "n1.jpg", "red")
+    png(root / "n2.jpg", "blue")
+    q = {"question": "what colour?", "semantic": [{"operation": "select", "argument": "x"},
+                                                  {"operation": "query", "argument": "color"}],
+         "groups": {"global": "color", "local": "c"}, "entailed": []}
+    questions = {
+        "1": {**q, "imageId": "n1", "answer": "red", "isBalanced": True,
+              "types": {"structural": "query", "semantic": "attr", "detailed": "colorQuery"}},
+        "2": {**q, "imageId": "n2", "answer": "no", "isBalanced": True,
+              "types": {"structural": "verify", "semantic": "attr", "detailed": "verifyAttr"}},
+        "3": {**q, "imageId": "n2", "answer": "blue", "isBalanced": False,
+              "types": {"structural": "query", "semantic": "attr", "detailed": "colorQuery"}},
+    }
+    path = root / "testdev_balanced_questions.json"
+    path.write_text(json.dumps(questions))
+    return path
+
+
+def test_gqa_end_to_end(model: TinyVLM, tmp_path: Path, monkeypatch) -> None:
+    path = make_gqa(tmp_path)
+    monkeypatch.setattr(model, "generate", answer_always(model, "Red."))
+    out = tmp_path / "out"
+    results = evaluate_models({"m": model}, [path], out, None, progress=False)
+    bench = results["models"][0]["benchmarks"]["gqa/testdev_balanced_questions"]
+    r = bench["result"]
+    # Two balanced questions; "Red." becomes "red" (LLaVA's converter): right, then wrong.
+    assert (r["n"], r["accuracy"], r["open"], r["binary"]) == (2, 50.0, 100.0, 0.0)
+    assert r["per_structural_type"] == {"query": {"accuracy": 100.0, "n": 1},
+                                        "verify": {"accuracy": 0.0, "n": 1}}
+    # One group "color" with gold {red: 1, no: 1}, predicted {red: 2}: (1 + 1) * 2 / 2 / 100.
+    assert r["distribution"] == pytest.approx(0.02)
+    answers = sorted(out.rglob("testdev_balanced_questions.predictions.json"))
+    assert len(answers) == 1
+    written = json.loads(answers[0].read_text())
+    assert written == [{"questionId": "1", "prediction": "red"},
+                       {"questionId": "2", "prediction": "red"}]
+    # The official layout the harness wrote scores the same through the CLI.
+    res = CliRunner().invoke(cli, ["score", "gqa", "--questions", str(path),
+                                   "--predictions", str(answers[0])])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["accuracy"] == 50.0
+
+
+def test_gqa_refuses_missing_predictions(tmp_path: Path, monkeypatch, capsys) -> None:
+    path = make_gqa(tmp_path)
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([{"questionId": "1", "prediction": "red"}]))
+    code, _, err = run_cli(["score", "gqa", "--questions", str(path), "--predictions",
+                            str(preds)], monkeypatch, capsys)
+    assert code == 2
+    assert err.strip() == ("error: gqa: 1 questions have no prediction (first: 2); eval.py "
+                           "needs one for every balanced question")
