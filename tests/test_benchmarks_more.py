@@ -80,3 +80,53 @@ def test_gqa_refuses_missing_predictions(tmp_path: Path, monkeypatch, capsys) ->
     assert code == 2
     assert err.strip() == ("error: gqa: 1 questions have no prediction (first: 2); eval.py "
                            "needs one for every balanced question")
+
+
+def make_vizwiz(root: Path, answers: bool = True) -> Path:
+    png(root / "val" / "VizWiz_val_00000000.jpg", "red")
+    png(root / "VizWiz_val_00000001.jpg", "blue")
+    rows = [{"image": "VizWiz_val_00000000.jpg", "question": "what colour is this?",
+             "answer_type": "other", "answerable": 1,
+             "answers": [{"answer": "red", "answer_confidence": "yes"}] * 10},
+            {"image": "VizWiz_val_00000001.jpg", "question": "what does it say?",
+             "answer_type": "unanswerable", "answerable": 0,
+             "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 8 +
+                        [{"answer": "red", "answer_confidence": "maybe"}] * 2}]
+    if not answers:
+        rows = [{k: v for k, v in r.items() if k in ("image", "question")} for r in rows]
+    path = root / ("val.json" if answers else "test.json")
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_vizwiz_end_to_end(model: TinyVLM, tmp_path: Path, monkeypatch) -> None:
+    path = make_vizwiz(tmp_path)
+    monkeypatch.setattr(model, "generate", answer_always(model, "Red."))
+    out = tmp_path / "out"
+    results = evaluate_models({"m": model}, [path], out, None, progress=False)
+    r = results["models"][0]["benchmarks"]["vizwiz/val"]["result"]
+    # "Red." -> "red": all ten humans agree on question 1 (1.0); on question 2 two said red,
+    # so each leave-one-out subset holds one or two: (8 * 2/3 + 2 * 1/3) / 10 = 0.6.
+    assert r["overall"] == 80.0 and r["per_answer_type"] == {"other": 100.0,
+                                                             "unanswerable": 60.0}
+    # Never saying "unanswerable": no unanswerable question is found.
+    assert r["unanswerable"]["f1_score"] == 0.0
+    written = sorted(out.rglob("val.results.json"))
+    assert json.loads(written[0].read_text()) == [
+        {"image": "VizWiz_val_00000000.jpg", "answer": "red"},
+        {"image": "VizWiz_val_00000001.jpg", "answer": "red"}]
+    res = CliRunner().invoke(cli, ["score", "vizwiz", "--annotations", str(path),
+                                   "--results", str(written[0])])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["overall"] == 80.0
+
+
+def test_vizwiz_test_split_is_written_not_scored(model: TinyVLM, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    path = make_vizwiz(tmp_path, answers=False)
+    monkeypatch.setattr(model, "generate", answer_always(model, "red"))
+    results = evaluate_models({"m": model}, [path], tmp_path / "out", None, progress=False)
+    bench = results["models"][0]["benchmarks"]["vizwiz/test"]
+    assert bench["result"] is None
+    assert any("no ground truth" in n for n in bench["notes"])
+    assert sorted((tmp_path / "out").rglob("test.results.json"))

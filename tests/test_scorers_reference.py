@@ -309,3 +309,40 @@ def test_gqa_equals_its_eval_py(run: str, tmp_path: Path) -> None:
                          ("per_semantic_type", "accuracyPerSemanticType"),
                          ("per_steps", "accuracyPerSteps"), ("per_length", "accuracyPerLength")):
         assert {k: [v["accuracy"], v["n"]] for k, v in got[ours].items()} == expected[theirs]
+
+
+@pytest.mark.parametrize("run", ["with_answerable", "without_answerable"])
+def test_vizwiz_equals_the_vizwiz_api(run: str, tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import vizwiz
+
+    from .refs.vizwiz_inputs import write_vizwiz_case
+
+    expected = ref("vizwiz_api.json")["runs"][run]
+    annotations, results = write_vizwiz_case(tmp_path, run == "with_answerable")
+    got = vizwiz.score_files(annotations, results)
+    assert got["overall"] == expected["accuracy"]["overall"]
+    assert got["per_answer_type"] == expected["accuracy"]["perAnswerType"]
+    u = got["unanswerable"]
+    assert {k: u[k] for k in ("average_precision", "f1_score")} == expected["unanswerability"]
+    res = vizwiz.read_results(results)
+    for a in vizwiz.load_annotations(annotations):
+        acc = vizwiz.question_accuracy(res[a["image"]]["answer"],
+                                       [x["answer"] for x in a["answers"]])
+        assert round(100 * acc, 2) == expected["evalQA"][a["image"]], a["image"]
+    # The curly-apostrophe table is the API's: "dont" is not a human "don't" there.
+    assert vizwiz.normalize_prediction("Dont know.") == "don\u2019t know"
+
+
+def test_vizwiz_lmms_eval_equals_its_process_results(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import vizwiz
+
+    from .refs.vizwiz_inputs import write_vizwiz_case
+
+    expected = ref("vizwiz_api.json")["lmms_eval"]
+    annotations, results = write_vizwiz_case(tmp_path)
+    assert vizwiz.score_files(annotations, results, "lmms-eval")["overall"] == expected["mean"]
+    res = vizwiz.read_results(results)
+    for a in vizwiz.load_annotations(annotations):
+        got = vizwiz.question_accuracy(res[a["image"]]["answer"],
+                                       [x["answer"] for x in a["answers"]], "lmms-eval")
+        assert got == expected["per_question"][a["image"]], a["image"]

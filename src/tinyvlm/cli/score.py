@@ -190,3 +190,21 @@ def score_gqa(questions: str, predictions: str, choices: str | None, consistency
 
     print_scores(lambda: gqa.score_files(questions, predictions, choices, consistency,
                                           convention), table)
+
+
+@score_group.command("vizwiz")
+@click.option("--annotations", required=True, help="VizWiz annotations JSON (e.g. val.json).")
+@click.option("--results", required=True,
+              help="Results JSON [{image, answer}] (with 'answerable' if the model gives it).")
+@score_options
+def score_vizwiz(annotations: str, results: str, convention: str, table: bool) -> None:
+    """VizWiz-VQA accuracy overall and per answer type, and average precision and F1 of
+    recognising unanswerable questions, as the VizWiz API computes them.
+
+    \b
+    Example:
+      tinyvlm score vizwiz --annotations val.json --results results.json
+    """
+    from tinyvlm.eval.scorers import vizwiz
+
+    print_scores(lambda: vizwiz.score_files(annotations, results, convention), table)

@@ -16,13 +16,24 @@ from types import ModuleType
 from typing import Any
 
 from tinyvlm.errors import InputError, closest
-from tinyvlm.eval.formats import gqa, llava, mmbench, mme, moat, pope, scienceqa, seed, vqa
+from tinyvlm.eval.formats import (
+    gqa,
+    llava,
+    mmbench,
+    mme,
+    moat,
+    pope,
+    scienceqa,
+    seed,
+    vizwiz,
+    vqa,
+)
 from tinyvlm.eval.formats.base import Benchmark, Item, LoadContext
 from tinyvlm.io import read_json, read_jsonl_numbered
 
 # Sniffing order matters: the first format whose sniff accepts the first record wins.
 FORMATS: dict[str, ModuleType] = {m.KIND: m for m in (
-    mme, mmbench, llava, pope, seed, vqa, gqa, scienceqa, moat)}
+    mme, mmbench, llava, pope, seed, vqa, gqa, vizwiz, scienceqa, moat)}
 
 __all__ = ["FORMATS", "Benchmark", "Item", "LoadContext", "detect", "headlines",
            "load_benchmark", "score_benchmark"]

@@ -20,7 +20,7 @@ from tinyvlm.eval.scorers._common import CONVENTIONS, format_table
 
 SCORERS: dict[str, str] = {
     name: f"tinyvlm.eval.scorers.{name}"
-    for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat", "gqa")
+    for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat", "gqa", "vizwiz")
 }
 
 
