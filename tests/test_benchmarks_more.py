@@ -130,3 +130,56 @@ def test_vizwiz_test_split_is_written_not_scored(model: TinyVLM, tmp_path: Path,
     assert bench["result"] is None
     assert any("no ground truth" in n for n in bench["notes"])
     assert sorted((tmp_path / "out").rglob("test.results.json"))
+
+
+def make_mmhal(root: Path) -> Path:
+    png(root / "images" / "0.jpg", "red")
+    png(root / "1.jpg", "blue")
+    rows = [{"question_type": t, "question_topic": "outdoor", "image_id": str(i),
+             "image_src": f"https://example.org/x/{i}.jpg", "image_content": ["Square"],
+             "question": "what colour is it?", "gt_answer": g, "model_answer": ""}
+            for i, (t, g) in enumerate((("attribute", "Red."), ("adversarial", "Blue.")))]
+    path = root / "response_template.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def judge_for_tests(record: dict) -> str:
+    """A stand-in judge (the CLI imports it by name): 'Rating: 5' when the answer names the
+    colour of the human answer, else 'Rating: 1'."""
+    right = record["gt_answer"].rstrip(".").lower() in record["model_answer"].lower()
+    return "Analysis: ...\nRating: 5" if right else "Rating: 1"
+
+
+def test_mmhal_end_to_end_without_and_with_a_judge(model: TinyVLM, tmp_path: Path,
+                                                   monkeypatch, capsys) -> None:
+    path = make_mmhal(tmp_path)
+    monkeypatch.setattr(model, "generate", answer_always(model, "a red square"))
+    out = tmp_path / "out"
+    results = evaluate_models({"m": model}, [path], out, None, max_new_tokens=16,
+                              progress=False)
+    bench = results["models"][0]["benchmarks"]["mmhal/response_template"]
+    r = bench["result"]
+    assert r["judged"] is False and r["n"] == 2
+    assert r["questions_per_type"] == {"attribute": 1, "adversarial": 1}
+    assert (r["empty_answers"], r["mean_answer_words"]) == (0, 3.0)
+    assert any("judge" in n for n in bench["notes"])
+    responses = sorted(out.rglob("response_template.responses.json"))[0]
+    assert [x["model_answer"] for x in json.loads(responses.read_text())] == ["a red square"] * 2
+    # Without a judge the command says so; with one it rates.
+    code, stdout, err = run_cli(["score", "mmhal", "--responses", str(responses)],
+                                monkeypatch, capsys)
+    assert code == 0 and "no judge given" in err and json.loads(stdout)["judged"] is False
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent))
+    code, stdout, err = run_cli(["score", "mmhal", "--responses", str(responses), "--judge",
+                                 "tests.test_benchmarks_more:judge_for_tests"],
+                                monkeypatch, capsys)
+    assert code == 0, err
+    scored = json.loads(stdout)
+    # Ratings 5 (red named) and 1 (blue not): mean 3, one of two below 3.
+    assert (scored["average_score"], scored["hallucination_rate"]) == (3.0, 0.5)
+    assert scored["per_type"] == {"attribute": 5.0, "adversarial": 1.0}
+    assert "records (MMHal-Bench has 96)" in err
+    code, _, err = run_cli(["score", "mmhal", "--responses", str(responses), "--judge",
+                            "nowhere:judge"], monkeypatch, capsys)
+    assert code == 2 and "cannot import nowhere" in err

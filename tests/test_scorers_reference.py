@@ -346,3 +346,23 @@ def test_vizwiz_lmms_eval_equals_its_process_results(tmp_path: Path) -> None:
         got = vizwiz.question_accuracy(res[a["image"]]["answer"],
                                        [x["answer"] for x in a["answers"]], "lmms-eval")
         assert got == expected["per_question"][a["image"]], a["image"]
+
+
+def test_mmhal_equals_its_summarize_script(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import mmhal
+
+    from .refs.mmhal_inputs import write_mmhal_case
+
+    expected = ref("mmhal_summarize.json")
+    responses, review = write_mmhal_case(tmp_path)
+    with pytest.warns(UserWarning, match="count as 0"):
+        got = mmhal.score_files(responses, review)
+    per = got["per_type"]
+    assert [f"Average score: {got['average_score']:.2f}",
+            f"Hallucination rate: {got['hallucination_rate']:.2f}",
+            "Average score for each question type: " + ",".join(
+                str(round(per[t], 2)) for t in mmhal.TYPES)] == expected["summary_lines"]
+    replies = mmhal.load_replies(review)
+    assert [i for i, r in enumerate(replies) if mmhal.parse_rating(r) is None] == \
+        expected["unparsed_indices"]
+    assert got["unparsed"] == len(expected["unparsed_indices"])

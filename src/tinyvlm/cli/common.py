@@ -40,3 +40,22 @@ def print_scores(compute: Callable[[], dict], table: bool) -> None:
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     click.echo(scores_table(result) if table else json.dumps(result, indent=2))
+
+
+def load_callable(spec: str, option: str) -> Callable[..., object]:
+    """`package.module:function` -> that function; InputError naming `option` otherwise."""
+    import importlib
+
+    from tinyvlm.errors import InputError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"{option} {spec!r}: expected package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"{option} {spec!r}: cannot import {module_name} ({e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise InputError(f"{option} {spec!r}: {module_name} has no function {attr}")
+    return fn

@@ -208,3 +208,38 @@ def score_vizwiz(annotations: str, results: str, convention: str, table: bool) -
     from tinyvlm.eval.scorers import vizwiz
 
     print_scores(lambda: vizwiz.score_files(annotations, results, convention), table)
+
+
+@score_group.command("mmhal")
+@click.option("--responses", required=True,
+              help="Response file: MMHal-Bench's response_template.json with model_answer "
+                   "filled in (the harness writes it).")
+@click.option("--judge-replies", default=None,
+              help="The judge's saved replies, one per record: eval_gpt4.py's --evaluation "
+                   "file or a JSON list of strings.")
+@click.option("--judge", "judge_spec", default=None, metavar="MODULE:FUNCTION",
+              help="A Python function called with each record that returns the judge's reply "
+                   "(it builds the prompt and calls the model). Off unless given.")
+@score_options
+def score_mmhal(responses: str, judge_replies: str | None, judge_spec: str | None,
+                convention: str, table: bool) -> None:
+    """MMHal-Bench average rating, hallucination rate and per-type ratings, read from a judge's
+    replies as eval_gpt4.py reads them. Without a judge or its replies nothing is rated: the
+    result says so and gives what needs no judge.
+
+    \b
+    Example:
+      tinyvlm score mmhal --responses mmhal.responses.json --judge-replies review.json
+    """
+    from tinyvlm.cli.common import load_callable
+    from tinyvlm.errors import InputError
+    from tinyvlm.eval.scorers import mmhal
+
+    if judge_replies and judge_spec:
+        raise InputError("give --judge-replies or --judge, not both")
+    judge = load_callable(judge_spec, "--judge") if judge_spec else None
+    if judge is None and judge_replies is None:
+        click.echo("note: no judge given (--judge or --judge-replies): nothing is rated",
+                   err=True)
+    print_scores(lambda: mmhal.score_files(responses, judge_replies, judge,  # type: ignore[arg-type]
+                                           convention), table)

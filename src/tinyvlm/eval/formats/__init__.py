@@ -21,6 +21,7 @@ from tinyvlm.eval.formats import (
     llava,
     mmbench,
     mme,
+    mmhal,
     moat,
     pope,
     scienceqa,
@@ -33,7 +34,7 @@ from tinyvlm.io import read_json, read_jsonl_numbered
 
 # Sniffing order matters: the first format whose sniff accepts the first record wins.
 FORMATS: dict[str, ModuleType] = {m.KIND: m for m in (
-    mme, mmbench, llava, pope, seed, vqa, gqa, vizwiz, scienceqa, moat)}
+    mme, mmbench, llava, pope, seed, vqa, gqa, vizwiz, mmhal, scienceqa, moat)}
 
 __all__ = ["FORMATS", "Benchmark", "Item", "LoadContext", "detect", "headlines",
            "load_benchmark", "score_benchmark"]

@@ -20,7 +20,8 @@ from tinyvlm.eval.scorers._common import CONVENTIONS, format_table
 
 SCORERS: dict[str, str] = {
     name: f"tinyvlm.eval.scorers.{name}"
-    for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat", "gqa", "vizwiz")
+    for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat", "gqa", "vizwiz",
+                 "mmhal")
 }
 
 
