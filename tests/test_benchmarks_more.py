@@ -183,3 +183,70 @@ def test_mmhal_end_to_end_without_and_with_a_judge(model: TinyVLM, tmp_path: Pat
     code, _, err = run_cli(["score", "mmhal", "--responses", str(responses), "--judge",
                             "nowhere:judge"], monkeypatch, capsys)
     assert code == 2 and "cannot import nowhere" in err
+
+
+def test_chair_reads_captions_as_the_original_code() -> None:
+    from tinyvlm.eval.scorers import chair
+
+    words, classes, _ = chair.caption_objects(
+        "Two buses and a bus. A baby bird, a toilet seat; wine glasses near a motor bike!")
+    # "bus" singularises to "bu" and is never found; "baby bird" is a bird, not a person;
+    # "toilet seat" is a toilet; "wine glasses" -> "wine glass"; " motor bike" cannot match.
+    assert words == ["bus", "bird", "toilet", "wine glass"]
+    assert classes == ["bus", "bird", "toilet", "wine glass"]
+    assert chair.tokenize("the dog's bowl.) (cat's) \"tv\" hot-dog, e.g. x--y") == [
+        "the", "dog", "'s", "bowl", ".", ")", "(", "cat", "'s", ")", '"', "tv", '"',
+        "hot-dog", ",", "e.g", ".", "x", "--", "y"]
+    # Two of three mentions wrong, in one of two captions; recall 1 of 3 classes.
+    result = chair.score([{"image_id": 1, "caption": "a dog and a cat on a couch"},
+                          {"image_id": 2, "caption": "an empty room"}],
+                         {"1": {"dog", "person"}, "2": {"bed"}})
+    assert (result["chair_s"], result["chair_i"], result["recall"]) == (0.5, 2 / 3, 1 / 3)
+
+
+def test_chair_ground_truth_from_coco_annotations(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import chair
+
+    (tmp_path / "instances_val2014.json").write_text(json.dumps({
+        "images": [{"id": 7}, {"id": 8}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+        "annotations": [{"image_id": 7, "category_id": 18}]}))
+    (tmp_path / "captions_val2014.json").write_text(json.dumps({"annotations": [
+        {"image_id": 7, "caption": "Two men walking their dogs."},
+        {"image_id": 8, "caption": "An empty street."}]}))
+    gt = chair.ground_truth_from_coco(tmp_path)
+    assert gt == {"7": {"dog", "person"}, "8": set()}
+
+
+def test_chair_end_to_end_on_an_object_halbench_file(model: TinyVLM, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    def b64(colour: str) -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    path = tmp_path / "obj_halbench.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"image_id": 7, "question": "Describe the image.", "image": b64("red")},
+        {"image_id": 8, "image": b64("blue")}]))
+    (tmp_path / "instances_val2014.json").write_text(json.dumps({
+        "images": [{"id": 7}, {"id": 8}], "categories": [{"id": 17, "name": "cat"}],
+        "annotations": [{"image_id": 7, "category_id": 17}]}))
+    # The test tokenizer knows few words; "cat" is one of them.
+    monkeypatch.setattr(model, "generate", answer_always(model, "a red cat"))
+    out = tmp_path / "out"
+    results = evaluate_models({"m": model}, [path], out, None, max_new_tokens=16,
+                              progress=False)
+    r = results["models"][0]["benchmarks"]["chair/obj_halbench"]["result"]
+    # Both captions name a cat; only image 7 has one.
+    assert (r["chair_s"], r["chair_i"], r["mentions"]) == (0.5, 0.5, 2)
+    captions = sorted(out.rglob("obj_halbench.captions.jsonl"))[0]
+    res = CliRunner().invoke(cli, ["score", "chair", "--captions", str(captions),
+                                   "--coco-annotations", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["chair_s"] == 0.5

@@ -366,3 +366,20 @@ def test_mmhal_equals_its_summarize_script(tmp_path: Path) -> None:
     assert [i for i, r in enumerate(replies) if mmhal.parse_rating(r) is None] == \
         expected["unparsed_indices"]
     assert got["unparsed"] == len(expected["unparsed_indices"])
+
+
+def test_chair_equals_the_original_chair_code(tmp_path: Path) -> None:
+    from tinyvlm.eval.scorers import chair
+
+    from .refs.chair_inputs import write_chair_case
+
+    expected = ref("chair_maxlinn.json")
+    captions, objects = write_chair_case(tmp_path)
+    got = chair.score_files(captions, objects=objects, details=True)
+    e = expected["overall"]
+    assert (got["chair_s"], got["chair_i"], got["recall"]) == (e["CHAIRs"], e["CHAIRi"],
+                                                               e["Recall"])
+    assert len(got["captions"]) == len(expected["sentences"])
+    for ours, theirs in zip(got["captions"], expected["sentences"], strict=True):
+        assert ours["generated"] == theirs["generated"], ours["caption"]
+        assert [list(h) for h in ours["hallucinated"]] == theirs["hallucinated"], ours["caption"]

@@ -243,3 +243,32 @@ def score_mmhal(responses: str, judge_replies: str | None, judge_spec: str | Non
                    err=True)
     print_scores(lambda: mmhal.score_files(responses, judge_replies, judge,  # type: ignore[arg-type]
                                            convention), table)
+
+
+@score_group.command("chair")
+@click.option("--captions", required=True,
+              help="Generated captions: JSONL or JSON list of {image_id, caption} (or the "
+                   "original CHAIR input, {imgToEval: ...}).")
+@click.option("--coco-annotations", default=None,
+              help="Directory with instances_val2014.json and captions_val2014.json (and/or "
+                   "train2014): the ground-truth objects.")
+@click.option("--objects", default=None,
+              help="Instead: a JSON {image_id: [COCO classes]} of ground-truth objects.")
+@click.option("--image-id-key", default="image_id", show_default=True)
+@click.option("--caption-key", default="caption", show_default=True)
+@click.option("--details", is_flag=True, help="Add every caption's words and hallucinations.")
+@score_options
+def score_chair(captions: str, coco_annotations: str | None, objects: str | None,
+                image_id_key: str, caption_key: str, details: bool, convention: str,
+                table: bool) -> None:
+    """CHAIR_s, CHAIR_i and recall of generated captions (object hallucination, as in Object
+    HalBench), by the original CHAIR code's rules and COCO synonym list.
+
+    \b
+    Example:
+      tinyvlm score chair --captions captions.jsonl --coco-annotations coco/annotations
+    """
+    from tinyvlm.eval.scorers import chair
+
+    print_scores(lambda: chair.score_files(captions, coco_annotations, objects, image_id_key,
+                                            caption_key, details, convention), table)

@@ -17,6 +17,7 @@ from typing import Any
 
 from tinyvlm.errors import InputError, closest
 from tinyvlm.eval.formats import (
+    chair,
     gqa,
     llava,
     mmbench,
@@ -34,7 +35,7 @@ from tinyvlm.io import read_json, read_jsonl_numbered
 
 # Sniffing order matters: the first format whose sniff accepts the first record wins.
 FORMATS: dict[str, ModuleType] = {m.KIND: m for m in (
-    mme, mmbench, llava, pope, seed, vqa, gqa, vizwiz, mmhal, scienceqa, moat)}
+    mme, mmbench, llava, pope, seed, vqa, gqa, vizwiz, mmhal, chair, scienceqa, moat)}
 
 __all__ = ["FORMATS", "Benchmark", "Item", "LoadContext", "detect", "headlines",
            "load_benchmark", "score_benchmark"]

@@ -21,7 +21,7 @@ from tinyvlm.eval.scorers._common import CONVENTIONS, format_table
 SCORERS: dict[str, str] = {
     name: f"tinyvlm.eval.scorers.{name}"
     for name in ("pope", "mme", "mmbench", "seed", "scienceqa", "vqa", "moat", "gqa", "vizwiz",
-                 "mmhal")
+                 "mmhal", "chair")
 }
 
 
