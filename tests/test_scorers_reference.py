@@ -99,6 +99,18 @@ def test_llavas_own_textvqa_answer_file_is_paired_by_image_and_question(tmp_path
     assert got["accuracy"] == expected["accuracy_in_answer_file_order"]
 
 
+def write_mmbench_case(tmp_path: Path) -> Path:
+    import csv
+
+    header, rows = mmbench_case()
+    path = tmp_path / "mmbench.tsv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, header, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def test_vlmevalkit_choice_equals_can_infer_now_and_before_august_2025() -> None:
     expected = ref("choice_vlmevalkit.json")["can_infer"]
     assert sum(e["now"] != e["2024"] for e in expected) > 10  # the two rules really differ here
@@ -108,16 +120,8 @@ def test_vlmevalkit_choice_equals_can_infer_now_and_before_august_2025() -> None
 
 
 def test_mmbench_under_vlmevalkit_reads_the_tsv_as_pandas_does(tmp_path: Path) -> None:
-    import csv
-
     expected = ref("choice_vlmevalkit.json")["pandas_rows"]
-    header, rows = mmbench_case()
-    path = tmp_path / "mmbench.tsv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, header, delimiter="\t", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    typed = mmbench.read_tsv(path, as_pandas=True)
+    typed = mmbench.read_tsv(write_mmbench_case(tmp_path), as_pandas=True)
     assert any(r["prediction"] is None for r in typed)  # predictions pandas reads as missing
     assert any(isinstance(r["D"], float) for r in typed)  # a column of numbers with a gap
     for r in typed:
@@ -245,8 +249,6 @@ def test_textvqa_vlmevalkit_equals_its_process_line(tmp_path: Path) -> None:
 
 
 def test_mmbench_lmms_eval_equals_its_can_infer(tmp_path: Path) -> None:
-    import csv
-
     expected = ref("mmbench_lmms_eval.json")
     checked = 0
     for (prediction, choices), e in zip(OPTIONS_CASES, expected["can_infer"], strict=True):
@@ -255,13 +257,7 @@ def test_mmbench_lmms_eval_equals_its_can_infer(tmp_path: Path) -> None:
         assert choice.lmms_eval_choice(prediction, dict(choices)) == e, prediction
         checked += 1
     assert checked > 200
-    header, rows = mmbench_case()
-    path = tmp_path / "mmbench.tsv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, header, delimiter="\t", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    for r in mmbench.read_tsv(path, as_pandas=True):
+    for r in mmbench.read_tsv(write_mmbench_case(tmp_path), as_pandas=True):
         prediction = "nan" if r["prediction"] is None else str(r["prediction"])
         got = mmbench.pick(prediction, mmbench.row_choices(r), "lmms-eval")
         assert got == expected["prefetch"][str(r["index"])], r["index"]

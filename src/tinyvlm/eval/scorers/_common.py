@@ -211,3 +211,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_cell(v) for v in value) if value else "-"
     return str(value)
+
+
+def reject_unknown(got: Iterable[str], known: Iterable[str], what: str, where: str,
+                   path: str | Path) -> None:
+    """InputError on `path` when `got` holds ids outside `known`: "N {what} not in {where}"."""
+    extra = sorted(set(got) - set(known))
+    if extra:
+        raise InputError(f"{len(extra)} {what} not in {where} (first: {extra[0]})", path)

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.scorers._common import check_convention, key_of, rows_by_id, sum_left, text_field
+from tinyvlm.eval.scorers._common import (
+    check_convention,
+    key_of,
+    reject_unknown,
+    rows_by_id,
+    sum_left,
+    text_field,
+)
 from tinyvlm.io import read_json
 
 CONVENTIONS = ("official",)
@@ -200,10 +207,7 @@ def score_files(questions: str | Path, predictions: str | Path,
     check_convention("gqa", convention, CONVENTIONS)
     qs = load_questions(questions)
     preds, layout = read_predictions(predictions)
-    extra = sorted(set(preds) - set(qs))
-    if extra:
-        raise InputError(f"{len(extra)} predictions for ids not in {questions} "
-                         f"(first: {extra[0]})", predictions)
+    reject_unknown(preds, qs, "predictions for ids", str(questions), predictions)
     ch = None
     if choices is not None:
         raw = read_json(choices)

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.scorers._common import check_convention, key_of, ratio, rows_by_id
+from tinyvlm.eval.scorers._common import (
+    check_convention,
+    key_of,
+    ratio,
+    reject_unknown,
+    rows_by_id,
+)
 from tinyvlm.eval.scorers.choice import vlmevalkit_choice
 from tinyvlm.io import read_json
 
@@ -130,8 +136,6 @@ def score_files(problems: str | Path, predictions: str | Path, split: str | None
     check_convention("scienceqa", convention, CONVENTIONS)
     probs = load_problems(problems, split, pid_splits)
     preds = {qid: row for qid, (_, row) in rows_by_id(predictions, required=("text",)).items()}
-    extra = sorted(set(preds) - set(probs))
-    if extra:
-        raise InputError(f"{len(extra)} predictions for ids not in split '{split}' of "
-                         f"{problems} (first: {extra[0]})", predictions)
+    reject_unknown(preds, probs, "predictions for ids", f"split '{split}' of {problems}",
+                   predictions)
     return score(probs, preds, convention)

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.scorers._common import check_convention, key_of, rows_by_id, text_field
+from tinyvlm.eval.scorers._common import (
+    check_convention,
+    key_of,
+    reject_unknown,
+    rows_by_id,
+    text_field,
+)
 from tinyvlm.eval.scorers.choice import vlmevalkit_choice
 from tinyvlm.io import read_json
 
@@ -127,8 +133,5 @@ def score_files(annotations: str | Path, predictions: str | Path,
     questions, names = load(annotations)
     preds = read_predictions(predictions)
     known = {key_of(q["question_id"]) for q in questions}
-    extra = sorted(set(preds) - known)
-    if extra:
-        raise InputError(f"{len(extra)} predictions for question ids not in {annotations} "
-                         f"(first: {extra[0]})", predictions)
+    reject_unknown(preds, known, "predictions for question ids", str(annotations), predictions)
     return score(questions, preds, convention, names)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.scorers._common import check_convention, sum_left
+from tinyvlm.eval.scorers._common import check_convention, reject_unknown, sum_left
 from tinyvlm.eval.scorers.vqa import (
     CONTRACTIONS,
     NUMBER_WORDS,
@@ -192,8 +192,6 @@ def score_files(annotations: str | Path, results: str | Path,
         raise InputError(f"{unanswered} questions have no human answers (the test split?): "
                          "submit the results file to the VizWiz server", annotations)
     res = read_results(results)
-    extra = sorted(set(res) - {a["image"] for a in anns})
-    if extra:
-        raise InputError(f"{len(extra)} results for images not in {annotations} "
-                         f"(first: {extra[0]})", results)
+    reject_unknown(res, (a["image"] for a in anns), "results for images", str(annotations),
+                   results)
     return score(anns, res, convention)
