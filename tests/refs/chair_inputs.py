@@ -59,6 +59,17 @@ def chair_case(seed: int = 10, n: int = 320) -> tuple[list, dict]:
     # A second caption for some images, as caption files may hold.
     captions += [{"image_id": c["image_id"], "caption": c["caption"].lower() + " a dog."}
                  for c in captions[:10]]
+    # Every pair of marks glued after and before a word, markdown bold, mid-text and final.
+    marks = [".", ",", "!", "?", ";", ":", "...", "-", "--", "'", '"', "(", ")", "[", "]",
+             "<", ">", "*", "**", "/", "`", "``", "''", "\u201c", "\u201d", "\u2019",
+             "\u00bb", "\u2014", "+", "\u2026"]
+    glued = sorted({a + b for a in marks for b in marks} | set(marks))
+    for k, g in enumerate(glued):
+        image_id = 900000 + k
+        gt[str(image_id)] = ["cat"]
+        for text in (f"a dog{g} and a cat", f"a dog{g}", f"there is {g}dog here", f"{g}dog",
+                     f"A **dog{g}** sits by the cat."):
+            captions.append({"image_id": image_id, "caption": text})
     return captions, gt
 
 

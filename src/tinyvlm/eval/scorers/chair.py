@@ -91,43 +91,78 @@ def singularize(word: str) -> str:
     return _singulars().get(word, word)
 
 
-# Characters the treebank rules always split off, wherever they stand; ',' and ':' unless a
-# digit follows; runs of two or more periods.
-_SPLIT = re.compile(r"(\.{2,}|--|[;@#$%&?!*\[\](){}<>\"\u201c\u201d\u2018\u2019\u201e\u00ab"
-                    r"\u00bb`\u2012-\u2015]|[:,](?!\d))")
-_CLITIC = re.compile(r"^(.*[^' ])('s|'m|'d|'ll|'re|'ve|n't|')$")
-_LEADING_QUOTE = re.compile(r"^'(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)")
+# Sentence ends as Punkt finds them: '.', '?' or '!' followed by one of these or by white
+# space and more text; of several in one run of non-space, only the last counts. No word CHAIR
+# knows is a Punkt abbreviation, so every such candidate ends a sentence here.
+_AFTER_END = ")\";}]*:@'({[\u2018\u2019\u201c\u201d\u00ab\u00bb?!"
+_CANDIDATE = re.compile(r"[.?!](?=[" + re.escape(_AFTER_END) + r"]|\s+\S)")
+# Closing marks Punkt moves back into the sentence they follow.
+_REALIGN = re.compile(r"[\"')\]}\u2018\u2019\u201c\u201d\u00ab\u00bb]+?(?:\s+|(?=--)|$)")
+
+# The treebank word rules, in the order they apply to one sentence.
+_CLOSERS = r"[\])}>\"'\u00bb\u201d\u2019 ]*+"
+_STEPS: list[tuple[re.Pattern[str], str]] = [(re.compile(a), b) for a, b in (
+    (r"([\u00ab\u201c\u2018\u201e]|`+)", r" \1 "),
+    (r'^"', "``"),
+    (r"(``)", r" \1 "),
+    (r"([ (\[{<])(\"|'{2})", r"\1 `` "),
+    (r"(?i)(?<!\w)(')(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)", r"\1 "),
+    (r"([^.])(\.)(" + _CLOSERS + r")\s*$", r"\1 \2 \3 "),
+    (r"([:,])([^\d])", r" \1 \2"),
+    (r"([:,])$", r" \1 "),
+    (r"\.{2,}", r" \g<0> "),
+    (r"[;@#$%&]", r" \g<0> "),
+    (r"[\u2012-\u2015]", r" \g<0> "),
+    (r"([^.])(\.)([\])}>\"']*)\s*$", r"\1 \2\3 "),
+    (r"[?!]", r" \g<0> "),
+    (r"([^'])' ", r"\1 ' "),
+    (r"[*]", r" \g<0> "),
+    (r"[\]\[(){}<>]", r" \g<0> "),
+    (r"--", r" -- "),
+)]
+_ENDING: list[tuple[re.Pattern[str], str]] = [(re.compile(a), b) for a, b in (
+    (r"([\u00bb\u201d\u2019])", r" \1 "),
+    (r"''", " '' "),
+    (r'"', " '' "),
+    (r"\s+", " "),
+    (r"([^' ])('[sS]|'[mM]|'[dD]|') ", r"\1 \2 "),
+    (r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ", r"\1 \2 "),
+)]
 
 
-_CLOSERS = frozenset([")", "]", "}", ">", '"', "\u00bb", "\u201d", "\u2019"])
+def _sentences(text: str) -> list[str]:
+    ends: list[int] = []
+    for m in _CANDIDATE.finditer(text):
+        if ends and not any(c.isspace() for c in text[ends[-1]:m.start()]):
+            ends[-1] = m.end()  # the same run of non-space: the later one wins
+        else:
+            ends.append(m.end())
+    out, start = [], 0
+    for end in ends:
+        if end <= start:
+            continue
+        closing = _REALIGN.match(text, end)
+        stop = end + len(closing.group(0).rstrip()) if closing else end
+        out.append(text[start:stop])
+        start = closing.end() if closing else end
+        while start < len(text) and text[start].isspace():
+            start += 1
+    if text[start:].strip():
+        out.append(text[start:].rstrip())
+    return out
 
 
 def tokenize(text: str) -> list[str]:
-    """Word tokens of lowercase text as nltk's word_tokenize (Punkt, then the treebank rules)
-    makes them, for what CHAIR reads. A period that ends a chunk (before closing brackets or
-    quotes) ends a sentence and is split off: no word CHAIR knows is a Punkt abbreviation.
-    Periods inside a chunk stay, as do hyphens and slashes."""
+    """nltk's word_tokenize: Punkt sentences (as above), then the treebank rules on each.
+    Equal to it on the words CHAIR reads; not meant as a general tokeniser."""
     tokens: list[str] = []
-    for chunk in text.split():
-        parts = [p for p in _SPLIT.split(chunk) if p]
-        j = len(parts) - 1
-        while j >= 0 and parts[j] in _CLOSERS:
-            j -= 1
-        if j >= 0 and not _SPLIT.fullmatch(parts[j]):
-            word = parts[j]
-            quotes = len(word) - len(word.rstrip("'"))
-            body = word[:len(word) - quotes]
-            if len(body) > 1 and body.endswith(".") and not body.endswith(".."):
-                parts[j:j + 1] = [body[:-1], "."] + (["'" * quotes] if quotes else [])
-        for part in parts:
-            if part == "." or _SPLIT.fullmatch(part) or not part.strip("'"):
-                tokens.append(part)
-                continue
-            if _LEADING_QUOTE.match(part):
-                tokens.append("'")
-                part = part[1:]
-            m = _CLITIC.match(part)
-            tokens.extend([m.group(1), m.group(2)] if m else [part])
+    for sentence in _sentences(text):
+        for pattern, repl in _STEPS:
+            sentence = pattern.sub(repl, sentence)
+        sentence = f" {sentence} "
+        for pattern, repl in _ENDING:
+            sentence = pattern.sub(repl, sentence)
+        tokens += sentence.split()
     return tokens
 
 
