@@ -251,3 +251,59 @@ def test_chair_end_to_end_on_an_object_halbench_file(model: TinyVLM, tmp_path: P
                                    "--coco-annotations", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["chair_s"] == 0.5
+
+
+def _gqa_question(**changes: object) -> dict:
+    q = {"question": "what colour?", "answer": "red", "imageId": "n1",
+         "types": {"structural": "query", "semantic": "attr"},
+         "semantic": [{"operation": "select", "argument": "x"}]}
+    return {**q, **changes}
+
+
+@pytest.mark.parametrize("bench, files, needle", [
+    ("gqa", {"questions": {"1": _gqa_question(question=5)},
+             "predictions": [{"questionId": "1", "prediction": "red"}]},
+     "question 1: 'question' must be a string"),
+    ("gqa", {"questions": {"1": _gqa_question(groups="g")},
+             "predictions": [{"questionId": "1", "prediction": "red"}]},
+     "groups must be an object"),
+    ("gqa", {"questions": {"1": _gqa_question()},
+             "predictions": [{"questionId": "1", "prediction": 2}]},
+     "entry 0: prediction must be a string, got int"),
+    ("vizwiz", {"annotations": [{"image": "a.jpg", "question": "q",
+                                 "answers": [{"answer": "0"}] * 10}],
+                "results": [{"image": "a.jpg", "answer": None}]},
+     "entry 0: image and answer must be strings"),
+    ("vizwiz", {"annotations": [{"image": "a.jpg", "question": "q", "answerable": "yes",
+                                 "answers": [{"answer": "0"}] * 10}],
+                "results": [{"image": "a.jpg", "answer": "0"}]},
+     "entry 0: answerable must be 0 or 1"),
+    ("chair", {"captions": [{"image_id": 1, "caption": None}], "objects": {"1": ["dog"]}},
+     "'caption' must be a string, got NoneType"),
+    ("chair", {"captions": [{"image_id": 1, "caption": "a dog"}], "objects": {"1": ["Dog"]}},
+     "image 1: 'Dog' is not a COCO class"),
+])
+def test_new_scorers_refuse_bad_input_in_one_line(bench: str, files: dict, needle: str,
+                                                  tmp_path: Path, monkeypatch, capsys) -> None:
+    args = ["score", bench]
+    for option, content in files.items():
+        suffix = ".jsonl" if option == "captions" else ".json"
+        path = tmp_path / f"{option}{suffix}"
+        path.write_text("".join(json.dumps(r) + "\n" for r in content) if suffix == ".jsonl"
+                        else json.dumps(content))
+        args += [f"--{option}", str(path)]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+
+
+def test_chair_file_objects_must_cover_every_image(tmp_path: Path) -> None:
+    from tinyvlm.errors import InputError
+    from tinyvlm.eval.formats import LoadContext, load_benchmark
+
+    png(tmp_path / "a.png", "red")
+    path = tmp_path / "halbench.jsonl"
+    path.write_text(json.dumps({"image_id": 1, "image": "a.png", "objects": ["dog"]}) + "\n" +
+                    json.dumps({"image_id": 2, "image": "a.png"}) + "\n")
+    with pytest.raises(InputError, match="1 images have no ground-truth objects"):
+        load_benchmark(path, LoadContext(None, tmp_path / "emb"))

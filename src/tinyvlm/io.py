@@ -86,6 +86,8 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
     except UnicodeDecodeError:
         raise InputError("not a UTF-8 text file", path) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply to read", path) from None
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
@@ -107,6 +109,8 @@ def read_jsonl_numbered(path: str | Path) -> list[tuple[int, Any]]:
                     rows.append((lineno, json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise InputError(f"malformed JSON line: {e.msg}", path, lineno) from None
+                except RecursionError:
+                    raise InputError("JSON nested too deeply to read", path, lineno) from None
     except UnicodeDecodeError:
         raise InputError("not a UTF-8 text file", path) from None
     return rows

@@ -51,10 +51,21 @@ def load_callable(spec: str, option: str) -> Callable[..., object]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"{option} {spec!r}: expected package.module:function")
+    import os
+    import sys
+
+    # As `python -c` would: a module in the current directory is found.
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise InputError(f"{option} {spec!r}: cannot import {module_name} ({e})") from None
+        raise InputError(f"{option} {spec!r}: cannot import {module_name} ({e}; is it on "
+                         "PYTHONPATH?)") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise InputError(f"{option} {spec!r}: {module_name} has no function {attr}")

@@ -34,8 +34,10 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
 
     DATA_FILES are LLaVA JSON/JSONL (ShapesWorld), POPE question JSONL, MME subtask .txt
     files (or their directory), MMBench TSV, SEED-Bench JSON, ScienceQA problems.json,
-    VQAv2/TextVQA questions or MOAT JSON; the format is detected, or forced with a prefix
-    (pope:FILE). Finished items are cached in --out: rerunning resumes where it stopped.
+    VQAv2/TextVQA questions, VizWiz annotations, GQA questions JSON, MMHal-Bench's
+    response_template.json, Object HalBench JSONL (CHAIR) or MOAT JSON; the format is
+    detected, or forced with a prefix (pope:FILE). Finished items are cached in --out:
+    rerunning resumes where it stopped.
 
     \b
     Example:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tinyvlm.errors import InputError
 from tinyvlm.eval.formats.base import Benchmark, Item, LoadContext
 from tinyvlm.eval.scorers import gqa as scorer
 from tinyvlm.io import write_json
@@ -35,6 +36,8 @@ def load(path: Path, ctx: LoadContext) -> Benchmark:
             answer=str(q["answer"]),
             meta={"structural": q["types"]["structural"], "semantic": q["types"]["semantic"]},
         ))
+    if not items:
+        raise InputError("no balanced question to ask (isBalanced is false everywhere)", path)
     notes = [f"{skipped} unbalanced questions not asked"] if skipped else []
     return Benchmark(KIND, path, items, notes, extra={"questions": questions})
 

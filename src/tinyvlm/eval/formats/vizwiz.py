@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tinyvlm.errors import InputError
 from tinyvlm.eval.formats.base import Benchmark, Item, LoadContext
 from tinyvlm.eval.scorers import vizwiz as scorer
 from tinyvlm.eval.scorers.vqa import normalize_evalai
@@ -26,7 +27,13 @@ def sniff(path: Path, first: Any) -> bool:
 
 def load(path: Path, ctx: LoadContext) -> Benchmark:
     items = []
-    for a in scorer.load_annotations(path):
+    annotations = scorer.load_annotations(path)
+    unanswered = sum(1 for a in annotations if not a.get("answers"))
+    if 0 < unanswered < len(annotations):
+        raise InputError(f"{unanswered} of {len(annotations)} questions have no human "
+                         "answers: score a split with answers, or one without (the server's)",
+                         path)
+    for a in annotations:
         image = str(a["image"])
         answers = [str(x["answer"]) for x in a.get("answers") or []]
         items.append(Item(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyvlm.errors import InputError
-from tinyvlm.eval.scorers._common import check_convention, key_of
+from tinyvlm.eval.scorers._common import check_convention
 from tinyvlm.io import read_json, read_jsonl_numbered
 
 CONVENTIONS = ("official",)
@@ -166,6 +166,15 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+def image_key(value: Any) -> str:
+    """Image ids compare as the original compares them: 7, 7.0 and "7" are one image."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InputError(f"chair: image id {value!r} is not a number or a string")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
 def caption_objects(caption: str) -> tuple[list[str], list[str], list[str]]:
     """(the COCO words of a caption, their classes, all tokens after merging pairs)."""
     objects, to_class = synonyms()
@@ -195,14 +204,14 @@ def score(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[str, Iter
     check_convention("chair", convention, CONVENTIONS)
     if not captions:
         raise InputError("chair: no captions")
-    missing = sorted({key_of(c["image_id"]) for c in captions} - set(ground_truth))
+    missing = sorted({image_key(c["image_id"]) for c in captions} - set(ground_truth))
     if missing:
         raise InputError(f"chair: {len(missing)} image ids have no ground-truth objects "
                          f"(first: {missing[0]})")
     n_hallucinated_caps = hallucinated = mentions = n_gt = n_recalled = 0
     rows = []
     for c in captions:
-        gt = set(ground_truth[key_of(c["image_id"])])
+        gt = set(ground_truth[image_key(c["image_id"])])
         words, classes, merged = caption_objects(str(c["caption"]))
         mentions += len(classes)
         wrong = [(w, k) for w, k in zip(words, classes, strict=True) if k not in gt]
@@ -238,7 +247,9 @@ def ground_truth_from_coco(annotation_dir: str | Path, image_ids: Iterable[Any] 
     captions_{train,val}2014.json in `annotation_dir` (those present): the instance classes
     plus the classes the reference captions name."""
     root = Path(annotation_dir)
-    wanted = None if image_ids is None else {key_of(i) for i in image_ids}
+    if not root.is_dir():
+        raise InputError("not a directory (expected COCO's annotations directory)", root)
+    wanted = None if image_ids is None else {image_key(i) for i in image_ids}
     _, to_class = synonyms()
     gt: dict[str, set[str]] = {}
     found = False
@@ -246,27 +257,48 @@ def ground_truth_from_coco(annotation_dir: str | Path, image_ids: Iterable[Any] 
         inst = root / f"instances_{split}.json"
         if inst.is_file():
             found = True
-            doc = read_json(inst)
-            names = {c["id"]: c["name"] for c in doc.get("categories", [])}
-            for img in doc.get("images", []):
-                if wanted is None or key_of(img["id"]) in wanted:
-                    gt.setdefault(key_of(img["id"]), set())
-            for a in doc.get("annotations", []):
-                iid = key_of(a["image_id"])
+            doc = _coco_doc(inst, ("images", "annotations", "categories"))
+            names = {}
+            for c in doc["categories"]:
+                if not isinstance(c, dict) or c.get("name") not in to_class or "id" not in c:
+                    raise InputError(f"category {c!r} is not a COCO class with an id", inst)
+                names[c["id"]] = c["name"]
+            for img in doc["images"]:
+                if not isinstance(img, dict) or "id" not in img:
+                    raise InputError("an image entry has no 'id'", inst)
+                if wanted is None or image_key(img["id"]) in wanted:
+                    gt.setdefault(image_key(img["id"]), set())
+            for a in doc["annotations"]:
+                if not isinstance(a, dict) or "image_id" not in a or \
+                        a.get("category_id") not in names:
+                    what = a.get("id", "?") if isinstance(a, dict) else repr(a)
+                    raise InputError(f"annotation {what}: no image_id or an unknown "
+                                     "category_id", inst)
+                iid = image_key(a["image_id"])
                 if wanted is None or iid in wanted:
                     gt.setdefault(iid, set()).add(to_class[names[a["category_id"]]])
     for split in ("val2014", "train2014"):
         caps = root / f"captions_{split}.json"
         if caps.is_file():
             found = True
-            for a in read_json(caps).get("annotations", []):
-                iid = key_of(a["image_id"])
+            for a in _coco_doc(caps, ("annotations",))["annotations"]:
+                if not isinstance(a, dict) or "image_id" not in a or \
+                        not isinstance(a.get("caption"), str):
+                    raise InputError("a caption entry lacks image_id or a caption string", caps)
+                iid = image_key(a["image_id"])
                 if wanted is None or iid in wanted:
-                    gt.setdefault(iid, set()).update(caption_objects(str(a["caption"]))[1])
+                    gt.setdefault(iid, set()).update(caption_objects(a["caption"])[1])
     if not found:
         raise InputError("no instances_val2014.json / captions_val2014.json (or train2014) "
                          "here", root)
     return gt
+
+
+def _coco_doc(path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k, []), list) for k in keys):
+        raise InputError(f"expected a COCO annotation object with lists {', '.join(keys)}", path)
+    return {k: doc.get(k, []) for k in keys}
 
 
 def read_ground_truth(path: str | Path) -> dict[str, set[str]]:
@@ -283,7 +315,7 @@ def read_ground_truth(path: str | Path) -> dict[str, set[str]]:
         unknown = [x for x in v if x not in classes]
         if unknown:
             raise InputError(f"image {k}: {unknown[0]!r} is not a COCO class", path)
-        out[key_of(k)] = set(v)
+        out[image_key(k)] = set(v)
     return out
 
 
@@ -305,7 +337,14 @@ def read_captions(path: str | Path, image_id_key: str = "image_id",
     for line, row in rows:
         if not isinstance(row, dict) or image_id_key not in row or caption_key not in row:
             raise InputError(f"each caption needs '{image_id_key}' and '{caption_key}'", p, line)
-        out.append({"image_id": row[image_id_key], "caption": str(row[caption_key])})
+        if not isinstance(row[caption_key], str):
+            raise InputError(f"'{caption_key}' must be a string, got "
+                             f"{type(row[caption_key]).__name__}", p, line)
+        try:
+            image_key(row[image_id_key])
+        except InputError as e:
+            raise InputError(str(e), p, line) from None
+        out.append({"image_id": row[image_id_key], "caption": row[caption_key]})
     return out
 
 

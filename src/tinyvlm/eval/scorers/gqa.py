@@ -131,7 +131,7 @@ def score(questions: Mapping[str, Mapping[str, Any]], predictions: Mapping[str, 
             predicted.setdefault(group, {}).setdefault(pred, 0)
             predicted[group][pred] += 1
         if consistency and right:
-            entailed = [e for e in q.get("entailed", []) if e != qid]
+            entailed = [key_of(e) for e in q.get("entailed", []) if key_of(e) != qid]
             if entailed:
                 unknown = [e for e in entailed if e not in questions]
                 if unknown:
@@ -162,17 +162,36 @@ def load_questions(path: str | Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict) or not data:
         raise InputError("expected a GQA questions JSON object {question id: question}", path)
     for qid, q in data.items():
-        if not isinstance(q, dict) or not {"question", "answer", "types", "semantic"} <= set(q):
-            raise InputError(f"question {qid} lacks question, answer, types or semantic", path)
-        types = q["types"]
-        if not isinstance(types, dict) or not {"structural", "semantic"} <= set(types):
-            raise InputError(f"question {qid}: types needs structural and semantic", path)
-        if not isinstance(q["semantic"], list) or not all(
-                isinstance(op, dict) and {"operation", "argument"} <= set(op)
-                for op in q["semantic"]):
-            raise InputError(f"question {qid}: semantic must be a list of "
-                             "{operation, argument}", path)
+        _check_question(qid, q, path)
     return {key_of(k): v for k, v in data.items()}
+
+
+def _check_question(qid: str, q: Any, path: str | Path) -> None:
+    def bad(what: str) -> InputError:
+        return InputError(f"question {qid}: {what}", path)
+
+    if not isinstance(q, dict) or not {"question", "answer", "types", "semantic"} <= set(q):
+        raise bad("lacks question, answer, types or semantic")
+    for key in ("question", "answer"):
+        if not isinstance(q[key], str):
+            raise bad(f"'{key}' must be a string")
+    types = q["types"]
+    if not isinstance(types, dict) or not all(isinstance(types.get(k), str)
+                                              for k in ("structural", "semantic")):
+        raise bad("types needs structural and semantic strings")
+    if not isinstance(q["semantic"], list) or not all(
+            isinstance(op, dict) and isinstance(op.get("operation"), str) and
+            isinstance(op.get("argument"), str) for op in q["semantic"]):
+        raise bad("semantic must be a list of {operation, argument} strings")
+    groups = q.get("groups")
+    if groups is not None and (not isinstance(groups, dict) or
+                               not isinstance(groups.get("global"), str | None)):
+        raise bad("groups must be an object whose 'global' is a string or null")
+    entailed = q.get("entailed", [])
+    if not isinstance(entailed, list) or not all(isinstance(e, str | int) for e in entailed):
+        raise bad("entailed must be a list of question ids")
+    if not isinstance(q.get("isBalanced", True), bool):
+        raise bad("isBalanced must be true or false")
 
 
 def read_predictions(path: str | Path) -> tuple[dict[str, str], str]:
@@ -194,7 +213,10 @@ def read_predictions(path: str | Path) -> tuple[dict[str, str], str]:
         qid = key_of(row["questionId"])
         if qid in out:
             raise InputError(f"questionId {qid} repeats (entry {i})", p)
-        out[qid] = str(row["prediction"])
+        if not isinstance(row["prediction"], str):
+            raise InputError(f"entry {i}: prediction must be a string, got "
+                             f"{type(row['prediction']).__name__}", p)
+        out[qid] = row["prediction"]
     return out, "official"
 
 
@@ -215,4 +237,9 @@ def score_files(questions: str | Path, predictions: str | Path,
             raise InputError("expected a choices JSON object {question id: {valid, "
                              "plausible}}", choices)
         ch = {key_of(k): v for k, v in raw.items()}
+        for k, v in ch.items():
+            if not isinstance(v, dict) or not all(
+                    isinstance(v.get(f), list) for f in ("valid", "plausible")):
+                raise InputError(f"question {k}: expected {{valid: [...], plausible: [...]}}",
+                                 choices)
     return {**score(qs, preds, ch, consistency), "predictions_layout": layout}

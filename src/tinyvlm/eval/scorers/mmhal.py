@@ -54,6 +54,15 @@ def reply_text(entry: Any, where: str) -> str:
     return content
 
 
+def _ask(judge: Judge, record: Mapping[str, Any], i: int) -> str:
+    try:
+        reply = judge(record)
+    except Exception as e:  # the judge is user code: say where it failed, in one line
+        raise InputError(f"mmhal: the judge failed on record {i}: "
+                         f"{type(e).__name__}: {e}") from None
+    return reply_text(reply, f"mmhal: the judge's reply to record {i}")
+
+
 def _unjudged(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     answers = [str(r.get("model_answer") or "") for r in records]
     words = [len(a.split()) for a in answers if a.strip()]
@@ -76,7 +85,7 @@ def score(records: Sequence[Mapping[str, Any]], replies: Sequence[str] | None = 
     if not records:
         raise InputError("mmhal: no records")
     if replies is None and judge is not None:
-        replies = [judge(r) for r in records]
+        replies = [_ask(judge, r, i) for i, r in enumerate(records)]
     if replies is None:
         return {"convention": convention, **_unjudged(records)}
     if len(replies) != len(records):

@@ -156,13 +156,18 @@ def load_annotations(path: str | Path) -> list[dict[str, Any]]:
     for i, a in enumerate(data):
         if not isinstance(a, dict) or not {"image", "question"} <= set(a):
             raise InputError(f"entry {i} lacks image or question", path)
+        if not isinstance(a["image"], str) or not isinstance(a["question"], str):
+            raise InputError(f"entry {i}: image and question must be strings", path)
         if a["image"] in seen:
             raise InputError(f"image {a['image']!r} repeats (entry {i})", path)
         seen.add(a["image"])
         answers = a.get("answers")
         if answers is not None and (not isinstance(answers, list) or not all(
-                isinstance(x, dict) and "answer" in x for x in answers)):
-            raise InputError(f"entry {i}: answers must be a list of {{answer, ...}}", path)
+                isinstance(x, dict) and isinstance(x.get("answer"), str) for x in answers)):
+            raise InputError(f"entry {i}: answers must be a list of {{answer: string, ...}}",
+                             path)
+        if "answerable" in a and a["answerable"] not in (0, 1):
+            raise InputError(f"entry {i}: answerable must be 0 or 1", path)
     return data
 
 
@@ -175,6 +180,13 @@ def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
     for i, r in enumerate(data):
         if not isinstance(r, dict) or not {"image", "answer"} <= set(r):
             raise InputError(f"entry {i} needs image and answer", path)
+        if not isinstance(r["image"], str) or not isinstance(r["answer"], str):
+            raise InputError(f"entry {i}: image and answer must be strings", path)
+        if "answerable" in r:
+            value = r["answerable"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not 0 <= value <= 1:
+                raise InputError(f"entry {i}: answerable must be a number from 0 to 1", path)
         if r["image"] in out:
             raise InputError(f"image {r['image']!r} repeats (entry {i})", path)
         out[r["image"]] = r
