@@ -208,12 +208,13 @@ def score(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[str, Iter
     if missing:
         raise InputError(f"chair: {len(missing)} image ids have no ground-truth objects "
                          f"(first: {missing[0]})")
-    n_hallucinated_caps = hallucinated = mentions = n_gt = n_recalled = 0
+    n_hallucinated_caps = hallucinated = mentions = n_gt = n_recalled = with_mentions = 0
     rows = []
     for c in captions:
         gt = set(ground_truth[image_key(c["image_id"])])
         words, classes, merged = caption_objects(str(c["caption"]))
         mentions += len(classes)
+        with_mentions += bool(classes)
         wrong = [(w, k) for w, k in zip(words, classes, strict=True) if k not in gt]
         hallucinated += len(wrong)
         n_hallucinated_caps += bool(wrong)
@@ -232,12 +233,10 @@ def score(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[str, Iter
         "chair_i": hallucinated / mentions if mentions else None,
         "recall": n_recalled / n_gt if n_gt else None,
         "mentions": mentions, "hallucinated_mentions": hallucinated,
-        "captions_with_mentions": sum(1 for r in rows if r["generated"]) if details else None,
+        "captions_with_mentions": with_mentions,
     }
     if details:
         out["captions"] = rows
-    else:
-        del out["captions_with_mentions"]
     return out
 
 
