@@ -120,7 +120,7 @@ class Engine:
         if batch_size < 1:
             raise InputError(f"the batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, model.tokenizer, batch_size
-        self.images = ImageStore(model.config.vision.image_size)
+        self.images = ImageStore.for_model(model.config.vision)
 
     @property
     def device(self) -> torch.device:

@@ -53,6 +53,8 @@ def moe_params(dim: int, dense_hidden: int, moe: MoEConfig, experts: int) -> Par
     expert = 3 * dim * hidden
     k = min(moe.top_k, experts)
     shared = 3 * dim * moe.shared_expert_dim
+    if moe.shared_expert_dim and moe.shared_expert_gate:
+        shared += dim  # its sigmoid gate, Linear(dim, 1)
     router_total = router_active = experts * dim
     if moe.task_routing == "embedding":
         # The router reads [token; task embedding]; the (num_tasks, task_dim) table counts in
@@ -79,12 +81,13 @@ def _moe_layers(moe: MoEConfig | None, depth: int) -> dict[int, int]:
 
 
 def _vision_mlp_hidden(v: VisionConfig) -> int:
-    return int(v.dim * v.mlp_ratio)
+    return v.hidden_mlp_dim
 
 
 def vision_params(v: VisionConfig) -> Params:
     d, h = v.dim, _vision_mlp_hidden(v)
-    total = _dense(v.channels * v.patch_size**2 * d + d + d)  # patch conv (+bias), [CLS]
+    # patch conv (+bias), [CLS], the LayerNorm before the blocks
+    total = _dense(v.channels * v.patch_size**2 * d + d + d * v.cls_token + 2 * d * v.pre_norm)
     if v.position == "learned":
         total += _dense(v.num_patches * d)
     experts = _moe_layers(v.moe, v.depth)
@@ -131,7 +134,8 @@ def visual_tokens_per_image(config: ModelConfig) -> int:
 def _attention_weights(lang: LanguageConfig) -> int:
     q = lang.heads * lang.head_dim
     kv = lang.kv_heads * lang.head_dim
-    return lang.dim * q + 2 * lang.dim * kv + q * lang.dim
+    biases = (q + 2 * kv) * lang.qkv_bias + lang.dim * lang.o_bias
+    return lang.dim * q + 2 * lang.dim * kv + q * lang.dim + biases
 
 
 def _vocab(lang: LanguageConfig) -> int:

@@ -33,7 +33,7 @@ def expert_load(model: TinyVLM, conversations: Sequence[Conversation], batch_siz
     """
     assert model.tokenizer is not None
     model.eval()
-    collate = SFTCollator(model.tokenizer, ImageStore(model.config.vision.image_size),
+    collate = SFTCollator(model.tokenizer, ImageStore.for_model(model.config.vision),
                           model.image_tokens, model.config.language.max_seq_len)
     by_kind: dict[str, dict[str, list[int]]] = {}
     by_cap: dict[str, dict[str, list[int]]] = {}

@@ -12,9 +12,11 @@ from tinyvlm.config.model import (
     ChatFormat,
     ChatTemplate,
     ConnectorConfig,
+    ImagePreprocess,
     LanguageConfig,
     ModelConfig,
     MoEConfig,
+    RopeScaling,
     VisionConfig,
 )
 from tinyvlm.config.recipe import (
@@ -45,6 +47,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "EvalConfig",
+    "ImagePreprocess",
     "LanguageConfig",
     "MimicConfig",
     "MoEConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "PreferenceConfig",
     "Recipe",
     "RenamedKeyWarning",
+    "RopeScaling",
     "ShapesWorldConfig",
     "StageConfig",
     "TokenizerConfig",

@@ -56,6 +56,20 @@ def vision_rules(v: VisionConfig) -> list[Rule]:
         (_dropout(v.dropout), "dropout", "in [0, 1)", v.dropout),
         (all(-v.depth <= i < v.depth for i in v.cls_attention_layers), "cls_attention_layers",
          f"layer indices of the {v.depth} blocks", v.cls_attention_layers),
+        (v.act in ("gelu", "quick_gelu", "gelu_tanh"), "act", "gelu, quick_gelu or gelu_tanh",
+         v.act),
+        (-v.depth <= v.feature_layer < v.depth, "feature_layer",
+         f"a block index of the {v.depth} blocks", v.feature_layer),
+        (v.cls_token or not v.feature_cls, "feature_cls", "false without a [CLS] token",
+         v.feature_cls),
+        (v.preprocess.resize in ("square", "shortest_edge"), "preprocess.resize",
+         "square or shortest_edge", v.preprocess.resize),
+        (v.preprocess.resample in ("bicubic", "bilinear", "nearest"), "preprocess.resample",
+         "bicubic, bilinear or nearest", v.preprocess.resample),
+        (len(v.preprocess.mean) == v.channels and len(v.preprocess.std) == v.channels
+         and all(finite(x) and x > 0 for x in v.preprocess.std), "preprocess",
+         f"mean and std with {v.channels} values each (std > 0)",
+         [v.preprocess.mean, v.preprocess.std]),
     ]
 
 
@@ -64,13 +78,28 @@ def language_rules(lang: LanguageConfig) -> list[Rule]:
     rules.append((lang.vocab_size >= 0, "vocab_size", ">= 0", lang.vocab_size))
     if not all(r[0] for r in rules):
         return rules
+    scaling = lang.rope_scaling
     return [
         *rules,
-        (lang.dim % lang.heads == 0, "heads", f"a divisor of dim ({lang.dim})", lang.heads),
+        (lang.head_size is not None or lang.dim % lang.heads == 0, "heads",
+         f"a divisor of dim ({lang.dim})", lang.heads),
         (lang.heads % lang.kv_heads == 0, "kv_heads", f"a divisor of heads ({lang.heads})",
          lang.kv_heads),
-        (lang.dim % lang.heads != 0 or (lang.dim // lang.heads) % 2 == 0, "heads",
+        (lang.head_size is None or (lang.head_size >= 2 and lang.head_size % 2 == 0),
+         "head_size", "an even number >= 2 or null", lang.head_size),
+        (lang.head_size is not None or lang.dim % lang.heads != 0
+         or (lang.dim // lang.heads) % 2 == 0, "heads",
          "such that dim / heads is even (rotary positions rotate pairs)", lang.heads),
+        (scaling is None or scaling.kind in ("llama3", "linear"), "rope_scaling.kind",
+         "llama3 or linear", scaling and scaling.kind),
+        (scaling is None or (finite(scaling.factor) and scaling.factor > 0),
+         "rope_scaling.factor", "> 0", scaling and scaling.factor),
+        (scaling is None or scaling.kind != "llama3"
+         or (finite(scaling.high_freq_factor) and finite(scaling.low_freq_factor)
+             and scaling.high_freq_factor > scaling.low_freq_factor > 0
+             and scaling.original_max_len >= 1), "rope_scaling",
+         "high_freq_factor > low_freq_factor > 0 and original_max_len >= 1",
+         scaling and [scaling.low_freq_factor, scaling.high_freq_factor]),
         (lang.ffn_dim is None or lang.ffn_dim >= 1, "ffn_dim", ">= 1 or null", lang.ffn_dim),
         (finite(lang.rope_theta) and lang.rope_theta > 0, "rope_theta", "> 0", lang.rope_theta),
         (finite(lang.norm_eps) and lang.norm_eps > 0, "norm_eps", "> 0", lang.norm_eps),

@@ -50,6 +50,9 @@ class MoEConfig:
     # auxiliary loss, so each task concentrates on a few experts while the balance loss keeps
     # all experts in use: the sparse per-task pathways that single-task pruning keeps.
     task_mi_coef: float = 0.0
+    # Qwen2-MoE: the shared expert's output is scaled by sigmoid(w . x), a learned per-token
+    # gate (a Linear(dim, 1)); False: the shared expert is always fully on.
+    shared_expert_gate: bool = False
 
     def check(self, depth: int, source: str | Path | None = None, key: str = "moe") -> None:
         """Every value in range, or one InputError naming the key."""
@@ -111,6 +114,22 @@ class MoEConfig:
 
 
 @dataclass
+class ImagePreprocess:
+    """How an image becomes pixel values: resized (and cropped) as uint8, then
+    (x * rescale - mean) / std per channel. The defaults map [0, 255] to [-1, 1]; imported
+    models take their processor's preprocessor_config.json values."""
+
+    # "square": straight to image_size x image_size; "shortest_edge": the short side to
+    # image_size keeping the aspect ratio, then a centre crop (CLIP's processor).
+    resize: str = "square"
+    shortest_edge: int = 0  # "shortest_edge": the short side's length (0: image_size)
+    resample: str = "bicubic"  # "bicubic", "bilinear" or "nearest" (PIL's filters)
+    rescale: float = 1 / 255
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
 class VisionConfig:
     image_size: int = 64
     patch_size: int = 16
@@ -119,6 +138,7 @@ class VisionConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    mlp_dim: int | None = None  # the MLP's hidden width; None: int(dim * mlp_ratio)
     position: str = "learned"  # "learned" or "sincos" (2-D sine-cosine, fixed)
     norm_eps: float = 1e-6
     dropout: float = 0.0
@@ -126,6 +146,28 @@ class VisionConfig:
     # token pruning can rank patches without a second pass.
     cls_attention_layers: list[int] = field(default_factory=lambda: [-1])
     moe: MoEConfig | None = None  # sparse FFNs (task-routed for M3ViT); None: dense
+    # The shapes of public towers. act: "gelu" (exact), "quick_gelu" (CLIP) or "gelu_tanh"
+    # (SigLIP); cls_token: False for SigLIP; pre_norm: a LayerNorm over the embeddings
+    # before the first block (CLIP's pre_layrnorm).
+    act: str = "gelu"
+    cls_token: bool = True
+    pre_norm: bool = False
+    # What the connector reads: the output of block `feature_layer` (LLaVA-1.5: -2), after
+    # the final LayerNorm when feature_norm (LLaVA never normalises: false makes a model
+    # exportable), with the [CLS] token in front when feature_cls (LLaVA's "full").
+    feature_layer: int = -1
+    feature_norm: bool = True
+    feature_cls: bool = False
+    preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
+
+    @property
+    def hidden_mlp_dim(self) -> int:
+        return self.mlp_dim or int(self.dim * self.mlp_ratio)
+
+    @property
+    def feature_tokens(self) -> int:
+        """Feature vectors per image handed to the connector."""
+        return self.num_patches + int(self.feature_cls and self.cls_token)
 
     @property
     def grid(self) -> int:
@@ -143,6 +185,20 @@ class ConnectorConfig:
 
 
 @dataclass
+class RopeScaling:
+    """Rotary frequency scaling. "llama3": frequencies with wavelengths beyond
+    original_max_len / low_freq_factor are divided by `factor`, those below
+    original_max_len / high_freq_factor kept, and the band between interpolated (Llama 3.1);
+    "linear": every frequency divided by `factor` (positions interpolated)."""
+
+    kind: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_len: int = 8192
+
+
+@dataclass
 class LanguageConfig:
     vocab_size: int = 0  # 0: taken from the tokenizer when the model is built
     dim: int = 192
@@ -156,10 +212,16 @@ class LanguageConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     moe: MoEConfig | None = None  # sparse FFNs (LLaVA-MoD's student); None: dense
+    # Public checkpoints: biases of q/k/v (Qwen2) and of o (Llama's attention_bias), a head
+    # width other than dim / heads, and Llama-3's rotary frequency scaling.
+    qkv_bias: bool = False
+    o_bias: bool = False
+    head_size: int | None = None  # None: dim // heads
+    rope_scaling: RopeScaling | None = None
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.heads
+        return self.head_size or self.dim // self.heads
 
     @property
     def hidden_ffn_dim(self) -> int:
@@ -184,10 +246,16 @@ class ChatFormat:
     user: str = "<|user|>"
     assistant: str = "<|assistant|>"
     end: str = "<|end|>"
+    # A Hugging Face chat template (Jinja): conversations render through it as transformers
+    # renders them, `end` is the token that ends an answer (and generation), `eos` the
+    # template's eos_token ("" : end); user, assistant, unk and bos may then be "".
+    template: str = ""
+    eos: str = ""
 
     @property
     def special_tokens(self) -> list[str]:
-        return [self.pad, self.unk, self.bos, self.image, self.user, self.assistant, self.end]
+        tokens = [self.pad, self.unk, self.bos, self.image, self.user, self.assistant, self.end]
+        return [t for t in tokens if t] if self.template else tokens
 
 
 ChatTemplate = ChatFormat  # the earlier name

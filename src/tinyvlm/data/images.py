@@ -11,39 +11,73 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tinyvlm.config import ImagePreprocess
 from tinyvlm.errors import InputError
 
 ImageSource = Path | str | bytes | Image.Image
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST}
 
 
-def load_image(source: ImageSource, size: int) -> torch.Tensor:
-    """An RGB image as a uint8 tensor (3, size, size), resized if needed."""
+def load_image(source: ImageSource, size: int, preprocess: ImagePreprocess | None = None
+               ) -> torch.Tensor:
+    """An RGB image as a uint8 tensor (3, size, size), resized (and cropped) if needed."""
+    preprocess = preprocess or ImagePreprocess()
     if isinstance(source, Image.Image):
-        return _to_tensor(source, size)
+        return _to_tensor(source, size, preprocess)
     if isinstance(source, bytes):
-        return _decode(io.BytesIO(source), size, "<image bytes>")
+        return _decode(io.BytesIO(source), size, "<image bytes>", preprocess)
     path = Path(source)
     if not path.is_file():
         raise InputError("image not found", path)
-    return _decode(path, size, path)
+    return _decode(path, size, path, preprocess)
 
 
-def _decode(file: Any, size: int, where: str | Path) -> torch.Tensor:
+def _decode(file: Any, size: int, where: str | Path, preprocess: ImagePreprocess
+            ) -> torch.Tensor:
     try:
         with Image.open(file) as img:
-            return _to_tensor(img, size)
+            return _to_tensor(img, size, preprocess)
     except Image.DecompressionBombError as e:
         raise InputError(f"image too large to decode safely ({e})", where) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"cannot read image ({e.__class__.__name__}: {e})", where) from None
 
 
-def _to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+def _to_tensor(img: Image.Image, size: int, preprocess: ImagePreprocess) -> torch.Tensor:
     img = _eight_bit(img).convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    resample = RESAMPLE[preprocess.resample]
+    if preprocess.resize == "shortest_edge":
+        # CLIP's processor: the short side to `edge` (the long side truncated), then the
+        # centre size x size crop, offsets rounded down.
+        edge = preprocess.shortest_edge or size
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        new_long = int(edge * long / short)
+        target = (edge, new_long) if w <= h else (new_long, edge)
+        if img.size != target:
+            img = img.resize(target, resample)
+        left, top = (target[0] - size) // 2, (target[1] - size) // 2
+        if left < 0 or top < 0:
+            raise InputError(f"image of {w}x{h} resized to {target[0]}x{target[1]} is smaller "
+                             f"than the {size}x{size} crop")
+        if target != (size, size):
+            img = img.crop((left, top, left + size, top + size))
+    elif img.size != (size, size):
+        img = img.resize((size, size), resample)
     array = np.asarray(img, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def pixel_table(preprocess: ImagePreprocess) -> torch.Tensor:
+    """(channels, 256) float32: the pixel value of each uint8 level, computed as
+    transformers' processors do (x * rescale in float64, to float32, then (x - mean) / std in
+    float32), so indexing it gives their values bit for bit. The defaults give x / 127.5 - 1."""
+    levels = np.arange(256, dtype=np.float64) * preprocess.rescale
+    levels = levels.astype(np.float32)
+    mean = np.asarray(preprocess.mean, dtype=np.float32)[:, None]
+    std = np.asarray(preprocess.std, dtype=np.float32)[:, None]
+    return torch.from_numpy((levels[None] - mean) / std)
 
 
 def _eight_bit(img: Image.Image) -> Image.Image:
@@ -65,18 +99,25 @@ class ImageStore:
 
     Images given by path are cached (by path); bytes and PIL images are decoded each time."""
 
-    def __init__(self, size: int, cache: bool = True):
+    def __init__(self, size: int, cache: bool = True, preprocess: ImagePreprocess | None = None):
         self.size = size
         self.cache = cache
+        self.preprocess = preprocess or ImagePreprocess()
+        self.table = pixel_table(self.preprocess)
         self._images: dict[Path, torch.Tensor] = {}
+
+    @classmethod
+    def for_model(cls, vision: Any, cache: bool = True) -> ImageStore:
+        """The store of a model's vision config (its image size and preprocessing)."""
+        return cls(vision.image_size, cache, vision.preprocess)
 
     def uint8(self, source: ImageSource) -> torch.Tensor:
         if isinstance(source, bytes | Image.Image):
-            return load_image(source, self.size)
+            return load_image(source, self.size, self.preprocess)
         path = Path(source)
         img = self._images.get(path)
         if img is None:
-            img = load_image(path, self.size)
+            img = load_image(path, self.size, self.preprocess)
             if self.cache:
                 self._images[path] = img
         return img
@@ -108,5 +149,6 @@ class ImageStore:
     def pixels(self, sources: list[Any]) -> torch.Tensor | None:
         if not sources:
             return None
-        batch = torch.stack([self.uint8(p) for p in sources]).float()
-        return batch.div_(127.5).sub_(1.0)
+        batch = torch.stack([self.uint8(p) for p in sources]).long()
+        channels = torch.arange(batch.shape[1]).view(1, -1, 1, 1)
+        return self.table[channels, batch]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from tinyvlm.config import ChatFormat, TokenizerConfig
+from tinyvlm.data import chat_template
 from tinyvlm.data.conversation import Turn
 from tinyvlm.errors import InputError
 from tinyvlm.io import write_text
@@ -27,11 +29,19 @@ class Tokenizer:
         if missing:
             raise ValueError(f"tokenizer lacks the chat template's special tokens {missing}")
         ids = {t: backend.token_to_id(t) for t in self.chat.special_tokens}
+        ids[""] = -1  # a token a chat template does without (Qwen2 has no bos)
         self.pad_id, self.bos_id = ids[self.chat.pad], ids[self.chat.bos]
         self.unk_id = ids[self.chat.unk]
         self.image_id, self.user_id = ids[self.chat.image], ids[self.chat.user]
         self.assistant_id, self.end_id = ids[self.chat.assistant], ids[self.chat.end]
-        self.special_ids = frozenset(ids.values())
+        self.special_ids = frozenset(ids.values()) - {-1}
+
+    @staticmethod
+    def create(backend: Backend, chat: ChatFormat | None = None) -> Tokenizer:
+        """The tokenizer for `chat`: the native layout, or a chat template's."""
+        if chat is not None and chat.template:
+            return TemplateTokenizer(backend, chat)
+        return Tokenizer(backend, chat)
 
     # ---------------------------------------------------------------- building and files
 
@@ -74,7 +84,7 @@ class Tokenizer:
         except Exception as e:  # the Rust library raises a plain Exception
             raise InputError(f"not a valid tokenizer.json ({e})", path) from None
         try:
-            return cls(backend, chat)
+            return cls.create(backend, chat)
         except ValueError as e:
             raise InputError(str(e), path) from None
 
@@ -130,6 +140,80 @@ class Tokenizer:
         ids, _ = self.encode_conversation(history, image_tokens)
         question = self.encode_user(user, image_tokens)
         return [*ids, self.user_id, *question, self.end_id, self.assistant_id]
+
+
+class TemplateTokenizer(Tokenizer):
+    """A Hugging Face tokenizer with its chat template: conversations are rendered by the
+    template (the string transformers renders), then tokenised as a transformers processor
+    does: the special tokens in the rendered text are parsed, and the tokenizer's own
+    post-processing (a Llama bos) applies unless the text already starts with bos. Each
+    `<image>` token then expands to the model's image tokens. Answers are the text the
+    template adds for an assistant message, up to and including the end token."""
+
+    def __init__(self, backend: Backend, chat: ChatFormat):
+        super().__init__(backend, chat)
+        # Rendered templates hold control tokens that must parse as such (as in transformers;
+        # text a user types that spells one parses as one too).
+        backend.encode_special_tokens = False
+        self.parts = chat_template.uses_content_parts(chat.template)
+        self.template_tokens = {"bos_token": chat.bos, "eos_token": chat.eos or chat.end,
+                                "pad_token": chat.pad, "unk_token": chat.unk}
+        self.template_tokens = {k: v for k, v in self.template_tokens.items() if v}
+
+    def _message(self, role: str, text: str) -> dict[str, Any]:
+        if not self.parts:
+            return {"role": role, "content": text}
+        content: list[dict[str, str]] = []
+        for i, piece in enumerate(text.split(self.chat.image)):
+            if i:
+                content.append({"type": "image"})
+            if piece.strip():
+                content.append({"type": "text", "text": piece.strip()})
+        return {"role": role, "content": content}
+
+    def render(self, turns: Sequence[Turn], user: str | None = None) -> str:
+        """The template's text for `turns` (and a last user message awaiting an answer)."""
+        messages = [m for u, a in turns for m in (self._message("user", u),
+                                                   self._message("assistant", a))]
+        if user is not None:
+            messages.append(self._message("user", user))
+        return chat_template.render(self.chat.template, messages, user is not None,
+                                    self.template_tokens)
+
+    def _tokenize(self, text: str, spans: Sequence[tuple[int, int]], image_tokens: int
+                  ) -> tuple[list[int], list[bool]]:
+        bos = self.chat.bos
+        enc = self.backend.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+        ids: list[int] = []
+        trainable: list[bool] = []
+        for tid, (start, stop) in zip(enc.ids, enc.offsets, strict=True):
+            if tid == self.image_id:
+                ids.extend([self.image_id] * image_tokens)
+                trainable.extend([False] * image_tokens)
+                continue
+            ids.append(tid)
+            trainable.append(stop > start and any(start < b and stop > a for a, b in spans))
+        return ids, trainable
+
+    def encode_conversation(self, turns: Sequence[Turn], image_tokens: int
+                            ) -> tuple[list[int], list[bool]]:
+        text = self.render(turns)
+        spans = []
+        for i in range(len(turns)):
+            prompt = self.render(turns[:i], turns[i][0])
+            whole = self.render(turns[: i + 1])
+            if not (whole.startswith(prompt) and text.startswith(whole)):
+                raise InputError("the chat template renders a conversation differently from "
+                                 "its beginning, so answers cannot be located in it")
+            stop = whole.find(self.chat.end, len(prompt))
+            spans.append((len(prompt), len(whole) if stop < 0 else stop + len(self.chat.end)))
+        return self._tokenize(text, spans, image_tokens)
+
+    def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int) -> list[int]:
+        return self._tokenize(self.render(history, user), (), image_tokens)[0]
+
+    def encode_user(self, text: str, image_tokens: int) -> list[int]:
+        raise NotImplementedError("a chat template renders whole conversations")
 
 
 def _strip_specials(text: str, specials: Sequence[str]) -> str:

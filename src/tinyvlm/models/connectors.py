@@ -46,17 +46,17 @@ class MLPProjector(Connector):
         self.fc1 = nn.Linear(vision.dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, language.dim)
-        self.num_tokens = vision.num_patches
+        self.num_tokens = vision.feature_tokens
         init_weights(self)
 
     def forward(self, vision: VisionOutput) -> VisualConditioning:
-        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(vision.patches))))
+        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(vision.features))))
 
     @classmethod
     def cost(cls, config: ModelConfig) -> ConnectorCost:
         hidden = config.connector.hidden_dim or config.language.dim
         dv, dl = config.vision.dim, config.language.dim
-        tokens = config.vision.num_patches
+        tokens = config.vision.feature_tokens
         return ConnectorCost(dv * hidden + hidden + hidden * dl + dl,
                              tokens * 2 * (dv * hidden + hidden * dl), tokens)
 

@@ -57,14 +57,16 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, config: LanguageConfig, layer: int):
         super().__init__()
-        if config.dim % config.heads or config.heads % config.kv_heads:
+        if (config.head_size is None and config.dim % config.heads) \
+                or config.heads % config.kv_heads:
             raise ValueError("dim must divide by heads, and heads by kv_heads")
         self.layer = layer
         self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
-        self.q_proj = nn.Linear(config.dim, config.heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.heads * config.head_dim, config.dim, bias=False)
+        qkv_bias = config.qkv_bias
+        self.q_proj = nn.Linear(config.dim, config.heads * config.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(config.heads * config.head_dim, config.dim, bias=config.o_bias)
         self.dropout = config.dropout
         self.names = {p: f"language.{layer}.{p}" for p in ("q_proj", "k_proj", "v_proj",
                                                            "o_proj")}
@@ -151,7 +153,8 @@ class LanguageModel(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(config, i) for i in range(config.depth))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta,
+                                    config.rope_scaling)
         init_weights(self)
         scale_residual_init(
             [m for b in self.blocks for m in (b.attn.o_proj, getattr(b.ffn, "down", None)) if m],

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinyvlm.config import RopeScaling
 from tinyvlm.models.context import ForwardContext
 
 
@@ -37,25 +38,61 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-class GELUMLP(nn.Module):
-    """The ViT feed-forward: fc2(gelu(fc1(x)))."""
+def quick_gelu(x: Tensor) -> Tensor:
+    """CLIP's sigmoid approximation of GELU."""
+    return x * torch.sigmoid(1.702 * x)
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu, "gelu_tanh": gelu_tanh}
+
+
+class GELUMLP(nn.Module):
+    """The ViT feed-forward: fc2(act(fc1(x))), act a GELU (exact, CLIP's quick or tanh)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, act: str = "gelu"):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; known: {sorted(ACTIVATIONS)}")
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
+        self.act = ACTIVATIONS[act]
 
     def forward(self, x: Tensor, ctx: ForwardContext | None = None) -> Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        return self.dropout(self.fc2(self.act(self.fc1(x))))
+
+
+def scaled_frequencies(inv_freq: Tensor, scaling: RopeScaling | None) -> Tensor:
+    """Rotary frequencies after Llama 3's (or linear) scaling; unchanged without one."""
+    if scaling is None:
+        return inv_freq
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    if scaling.kind != "llama3":
+        raise ValueError(f"unknown rope_scaling.kind {scaling.kind!r}: llama3 or linear")
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = scaling.original_max_len / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_len / scaling.high_freq_factor
+    smooth = ((scaling.original_max_len / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    between = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    band = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return torch.where(band, between, out)
 
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding, half-split layout (as Llama checkpoints store q/k)."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0,
+                 scaling: RopeScaling | None = None):
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        inv_freq = scaled_frequencies(inv_freq, scaling)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)

@@ -160,6 +160,10 @@ class MoE(nn.Module):
         nn.init.normal_(self.down_proj, std=std / math.sqrt(2 * residual_depth))
         self.shared = (SwiGLU(dim, config.shared_expert_dim)
                        if config.shared_expert_dim > 0 else None)
+        self.shared_gate = (nn.Linear(dim, 1, bias=False)
+                            if self.shared is not None and config.shared_expert_gate else None)
+        if self.shared_gate is not None:
+            nn.init.normal_(self.shared_gate.weight, std=std)
 
     # ---------------------------------------------------------------- routing
 
@@ -244,7 +248,10 @@ class MoE(nn.Module):
 
         y = self._experts(tokens, top_i, gates, kept)
         if self.shared is not None:
-            y = y + self.shared(tokens)
+            shared = self.shared(tokens)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(tokens)) * shared
+            y = y + shared
         # The experts' dtype (bf16 under autocast), not the residual stream's.
         out = y if routed is None else y.new_zeros(flat.shape[0], dim).index_copy(0, routed, y)
 

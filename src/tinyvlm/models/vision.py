@@ -17,10 +17,18 @@ from tinyvlm.models.moe import MoE
 
 @dataclass
 class VisionOutput:
-    patches: Tensor  # (B, num_patches, dim), after the final norm
-    cls: Tensor  # (B, dim)
+    patches: Tensor  # (B, num_patches, dim): the feature layer's patches (normed if asked)
+    cls: Tensor | None  # (B, dim), None for a tower without a [CLS] token
     # layer index -> (B, heads, num_patches): softmax attention of the [CLS] query over patches
     cls_attention: dict[int, Tensor] = field(default_factory=dict)
+    with_cls: bool = False  # the connector's features start with the [CLS] token
+
+    @property
+    def features(self) -> Tensor:
+        """What the connector reads: (B, feature_tokens, dim)."""
+        if self.with_cls and self.cls is not None:
+            return torch.cat([self.cls[:, None], self.patches], dim=1)
+        return self.patches
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -49,6 +57,7 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: Tensor, want_cls_attention: bool) -> tuple[Tensor, Tensor | None]:
         b, t, d = x.shape
+        # With a [CLS] token it is token 0 (the caller asks only then).
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         cls_attn = None
@@ -65,7 +74,7 @@ class VisionBlock(nn.Module):
         self.attn_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.attn = VisionAttention(config.dim, config.heads)
         self.ffn_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
-        hidden = int(config.dim * config.mlp_ratio)
+        hidden = config.hidden_mlp_dim
         experts = config.moe.experts_at(config.depth).get(layer) if config.moe else None
         self.ffn: nn.Module
         if config.moe is not None and experts is not None:
@@ -73,7 +82,7 @@ class VisionBlock(nn.Module):
             self.ffn = MoE(config.dim, config.moe.hidden_dim or hidden, config.moe, experts,
                            name=f"vision.{layer}", residual_depth=config.depth)
         else:
-            self.ffn = GELUMLP(config.dim, hidden, config.dropout)
+            self.ffn = GELUMLP(config.dim, hidden, config.dropout, config.act)
 
     def forward(self, x: Tensor, ctx: ForwardContext, want_cls_attention: bool
                 ) -> tuple[Tensor, Tensor | None]:
@@ -90,7 +99,11 @@ class VisionEncoder(nn.Module):
         self.config = config
         self.patch_embed = nn.Conv2d(config.channels, config.dim, config.patch_size,
                                      stride=config.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
+        # CLIP's class embedding plus its position row, as one vector.
+        self.cls_token = (nn.Parameter(torch.zeros(1, 1, config.dim)) if config.cls_token
+                          else None)
+        self.pre_norm = (nn.LayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm
+                         else None)
         if config.position == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, config.dim))
         elif config.position == "sincos":
@@ -105,20 +118,30 @@ class VisionEncoder(nn.Module):
         scale_residual_init([m for b in self.blocks
                              for m in (b.attn.proj, getattr(b.ffn, "fc2", None)) if m],
                             config.depth)
-        nn.init.normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
         if config.position == "learned":
             nn.init.normal_(self.pos_embed, std=0.02)
-        self.cls_layers = {i % config.depth for i in config.cls_attention_layers}
+        self.feature_layer = config.feature_layer % config.depth
+        self.cls_layers = ({i % config.depth for i in config.cls_attention_layers}
+                           if config.cls_token else set())
 
     def forward(self, pixel_values: Tensor, ctx: ForwardContext | None = None) -> VisionOutput:
         # Every patch is a real token: no mask, but the caller's records and task ids.
         ctx = ctx.derive(None) if ctx is not None else ForwardContext()
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2) + self.pos_embed
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         cls_attention = {}
-        for i, block in enumerate(self.blocks):
+        # Blocks after the feature layer change nothing the connector reads: not run.
+        for i, block in enumerate(self.blocks[: self.feature_layer + 1]):
             x, attn = block(x, ctx, i in self.cls_layers)
             if attn is not None:
                 cls_attention[i] = attn
-        x = self.norm(x)
-        return VisionOutput(patches=x[:, 1:], cls=x[:, 0], cls_attention=cls_attention)
+        if self.config.feature_norm:
+            x = self.norm(x)
+        first = int(self.cls_token is not None)
+        return VisionOutput(patches=x[:, first:], cls=x[:, 0] if first else None,
+                            cls_attention=cls_attention, with_cls=self.config.feature_cls)

@@ -28,5 +28,5 @@ def sft_collator(model: TinyVLM, config: DataConfig) -> SFTCollator:
     model's)."""
     assert model.tokenizer is not None
     max_len = config.max_seq_len or model.config.language.max_seq_len
-    return SFTCollator(model.tokenizer, ImageStore(model.config.vision.image_size),
+    return SFTCollator(model.tokenizer, ImageStore.for_model(model.config.vision),
                        model.image_tokens, max_len)

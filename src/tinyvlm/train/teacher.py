@@ -63,7 +63,7 @@ class FrozenModel:
         self.image_token_id = model.config.image_token_id
         self.image_tokens = model.image_tokens
         self.where = where
-        self.images = ImageStore(model.config.vision.image_size)
+        self.images = ImageStore.for_model(model.config.vision)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: str = "fp32",

@@ -55,7 +55,7 @@ class _PatchObjective(Objective):
         vcfg = model.config.vision
         items = [(root / s["image"], shapes.patch_labels(s, vcfg.image_size, vcfg.patch_size),
                   len(s["objects"])) for s in read_jsonl(scenes_file)]
-        store = ImageStore(vcfg.image_size)
+        store = ImageStore.for_model(vcfg)
 
         def collate(batch: Sequence[tuple[Path, dict[str, np.ndarray], int]]) -> PatchBatch:
             pixels = store.pixels([p for p, _, _ in batch])

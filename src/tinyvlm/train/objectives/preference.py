@@ -118,7 +118,7 @@ class Preference(Objective):
         if not items:
             raise InputError(f"stage '{stage.name}': no preference pairs", path)
         max_len = config.max_seq_len or model.config.language.max_seq_len
-        collate = PreferenceCollator(model.tokenizer, ImageStore(model.config.vision.image_size),
+        collate = PreferenceCollator(model.tokenizer, ImageStore.for_model(model.config.vision),
                                      model.image_tokens, max_len)
         reference, shared = self.reference, self._shared
 
