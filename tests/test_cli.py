@@ -11,7 +11,7 @@ from tinyvlm.cli import cli, main
 from tinyvlm.models.vlm import TinyVLM
 
 COMMANDS = [["data", "shapes"], ["train"], ["eval"], ["report"], ["generate"], ["info"],
-            ["demo"]]
+            ["demo"], ["import-hf"], ["export-hf"]]
 
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture

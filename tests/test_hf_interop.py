@@ -386,3 +386,60 @@ def test_unsupported_checkpoints_fail_in_one_line(tmp_path: Path) -> None:
     transformers.LlavaForConditionalGeneration(cfg).save_pretrained(tmp_path)
     with pytest.raises(InputError, match="hidden_act 'relu' is not supported"):
         import_model(tmp_path)
+
+
+def test_template_without_end_token_gets_one_after_each_answer(tmp_path: Path) -> None:
+    make_llava(tmp_path, "clip", "llama")
+    tok = import_model(tmp_path).tokenizer
+    assert tok is not None
+    ids, trainable = tok.encode_conversation([("<image>\nwhat shape ?", "a red circle"),
+                                              ("how many ?", "two")], 2)
+    answers = [i for i, t in zip(ids, trainable, strict=True) if t]
+    assert answers == [*tok.encode("a red circle"), tok.end_id, *tok.encode("two"), tok.end_id]
+    # Apart from the added end tokens the ids are the template's text, tokenised.
+    text = tok.render([("<image>\nwhat shape ?", "a red circle"), ("how many ?", "two")])
+    plain = [i for i in ids if i != tok.end_id]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert plain == hf_tok(text.replace("<image>", "<image>" * 2))["input_ids"]
+
+
+def test_cli_import_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
+    from click.testing import CliRunner
+
+    from tinyvlm.cli import cli
+    from tinyvlm.models.load import load_model
+
+    make_llava(tmp_path / "llava", "siglip", "qwen2")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["import-hf", "--model", str(tmp_path / "llava"), "--out",
+                                 str(tmp_path / "ours")])
+    assert result.exit_code == 0, result.output
+    ours = TinyVLM.from_pretrained(tmp_path / "ours")  # saved and reloaded: template included
+    direct = load_model(tmp_path / "llava")  # an HF directory loads wherever a model does
+    ids = torch.tensor([ours.tokenizer.encode_prompt([], "<image>\nwhat shape ?", 16)])
+    pixels = image_pixels()[:1]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, pixel_values=pixels).logits,
+                                   direct(ids, pixel_values=pixels).logits, atol=0, rtol=0)
+    result = runner.invoke(cli, ["export-hf", str(tmp_path / "ours"), "--out",
+                                 str(tmp_path / "back")])
+    assert result.exit_code == 0, result.output
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "back")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, pixel_values=pixels).logits,
+                                   direct(ids, pixel_values=pixels).logits, atol=ATOL,
+                                   rtol=1e-5)
+    # Bad usage and unexportable models are one line, exit code 2.
+    from .test_cli import run_cli
+
+    capsys.readouterr()  # transformers' own progress bars so far
+    code, _, err = run_cli(["import-hf", "--vision", str(tmp_path / "llava"), "--out",
+                            str(tmp_path / "x")], monkeypatch, capsys)
+    assert code == 2 and "--language" in err and len(err.strip().splitlines()) == 1
+    native = native_model(native_config())
+    native.config.vision.feature_norm = True
+    native.save_pretrained(tmp_path / "native")
+    code, _, err = run_cli(["export-hf", str(tmp_path / "native"), "--out",
+                            str(tmp_path / "y")], monkeypatch, capsys)
+    assert code == 2 and "final LayerNorm" in err and len(err.strip().splitlines()) == 1

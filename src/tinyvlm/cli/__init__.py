@@ -16,6 +16,7 @@ import click
 from tinyvlm.cli.data import data
 from tinyvlm.cli.distill import distill
 from tinyvlm.cli.evaluate import eval_cmd, report_cmd
+from tinyvlm.cli.interop import export_hf, import_hf
 from tinyvlm.cli.model import generate, info, upcycle
 from tinyvlm.cli.preference import preference
 from tinyvlm.cli.score import score_group
@@ -37,7 +38,7 @@ def cli() -> None:
 
 
 for command in (data, train, eval_cmd, report_cmd, generate, upcycle, distill, tasks, info,
-                demo, score_group, preference):
+                demo, score_group, preference, import_hf, export_hf):
     cli.add_command(command)
 
 

@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 
 def load_model(path: str) -> TinyVLM:
-    from tinyvlm.models.vlm import TinyVLM  # imported here: torch loads slowly, --help should not
+    # Imported here: torch loads slowly, --help should not.
+    from tinyvlm.models.load import load_model as load
 
-    return TinyVLM.from_pretrained(path)
+    return load(path)
 
 
 def score_options(f: Callable[..., None]) -> Callable[..., None]:

@@ -9,6 +9,9 @@ from tinyvlm.errors import InputError
 
 @dataclass
 class TokenizerConfig:
+    # A model directory (tinyvlm's or a Hugging Face one) whose tokenizer and chat format the
+    # run uses instead of training one: needed to start from or distil a pretrained model.
+    pretrained: str = ""
     kind: str = "wordlevel"  # "wordlevel" or "bpe"
     vocab_size: int = 2048  # upper bound; word-level vocabularies are usually smaller
     min_frequency: int = 1

@@ -180,19 +180,34 @@ class TemplateTokenizer(Tokenizer):
         return chat_template.render(self.chat.template, messages, user is not None,
                                     self.template_tokens)
 
-    def _tokenize(self, text: str, spans: Sequence[tuple[int, int]], image_tokens: int
+    def _tokenize(self, text: str, spans: Sequence[tuple[int, int, bool]], image_tokens: int
                   ) -> tuple[list[int], list[bool]]:
+        """Ids and trainable flags; a span (start, stop, closed) that the template does not
+        close with the end token gets one after its last token, so the model learns to stop
+        (LLaVA-1.5's template ends answers with a space, not with </s>)."""
         bos = self.chat.bos
         enc = self.backend.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
         ids: list[int] = []
         trainable: list[bool] = []
+        pending: tuple[int, int, bool] | None = None
         for tid, (start, stop) in zip(enc.ids, enc.offsets, strict=True):
+            inside = next((s for s in spans if stop > start and start < s[1] and stop > s[0]),
+                          None)
+            if pending is not None and inside is not pending:
+                ids.append(self.end_id)
+                trainable.append(True)
+                pending = None
             if tid == self.image_id:
                 ids.extend([self.image_id] * image_tokens)
                 trainable.extend([False] * image_tokens)
                 continue
             ids.append(tid)
-            trainable.append(stop > start and any(start < b and stop > a for a, b in spans))
+            trainable.append(inside is not None)
+            if inside is not None and not inside[2]:
+                pending = inside
+        if pending is not None:
+            ids.append(self.end_id)
+            trainable.append(True)
         return ids, trainable
 
     def encode_conversation(self, turns: Sequence[Turn], image_tokens: int
@@ -206,10 +221,12 @@ class TemplateTokenizer(Tokenizer):
                 raise InputError("the chat template renders a conversation differently from "
                                  "its beginning, so answers cannot be located in it")
             stop = whole.find(self.chat.end, len(prompt))
-            spans.append((len(prompt), len(whole) if stop < 0 else stop + len(self.chat.end)))
+            spans.append((len(prompt), len(whole), False) if stop < 0
+                         else (len(prompt), stop + len(self.chat.end), True))
         return self._tokenize(text, spans, image_tokens)
 
     def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int) -> list[int]:
+        # History answers are context here, as transformers renders them: no end added.
         return self._tokenize(self.render(history, user), (), image_tokens)[0]
 
     def encode_user(self, text: str, image_tokens: int) -> list[int]:

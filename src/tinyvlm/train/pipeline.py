@@ -16,6 +16,7 @@ from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.io import read_json, write_text
+from tinyvlm.models.load import load_model, load_tokenizer_of
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.rundir import RunDir
 from tinyvlm.schema import to_dict
@@ -42,7 +43,13 @@ def prepare_data(config: DataConfig, progress: bool = True) -> Path:
 
 
 def train_tokenizer(recipe: Recipe, run: RunDir) -> Tokenizer:
-    """The run's tokenizer, trained on the training text once and shared by its models."""
+    """The run's tokenizer, trained on the training text once and shared by its models (or
+    a pretrained model's, read from its directory each time and copied into the run)."""
+    if recipe.tokenizer.pretrained:
+        tokenizer = load_tokenizer_of(recipe.tokenizer.pretrained)
+        if run.is_main and not run.tokenizer.is_file():
+            tokenizer.save(run.tokenizer)
+        return tokenizer
     if run.tokenizer.is_file():
         return Tokenizer.load(run.tokenizer, recipe.model.chat)
     texts = conversation_texts(load_llava(Path(recipe.data.path) / recipe.data.train))
@@ -141,8 +148,7 @@ def check_teachers(recipe: Recipe, tokenizer: Tokenizer) -> None:
         for key, ref in stage_refs(stage, every=True).items():
             if ref.startswith("stage:") or key.startswith("init.") or key.endswith(".pairs"):
                 continue
-            path = Path(ref) / "tokenizer.json"
-            theirs = Tokenizer.load(path).backend.get_vocab()
+            theirs = load_tokenizer_of(ref).backend.get_vocab()
             if theirs != tokenizer.backend.get_vocab():
                 raise InputError(f"recipe.stages[{i}].{key}: its vocabulary ({len(theirs)} "
                                  f"tokens) is not the run's ({tokenizer.vocab_size} tokens): "
@@ -160,5 +166,5 @@ def report_models(recipe: Recipe, run_dir: str | Path, final: TinyVLM) -> dict[s
     model under the recipe's name."""
     if not recipe.eval.models:
         return {recipe.name: final}
-    return {row: TinyVLM.from_pretrained(resolve_stage_ref(ref, recipe, run_dir)).eval()
+    return {row: load_model(resolve_stage_ref(ref, recipe, run_dir)).eval()
             for row, ref in recipe.eval.models.items()}

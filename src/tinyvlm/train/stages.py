@@ -22,6 +22,7 @@ from tinyvlm.data.pairs import write_pairs
 from tinyvlm.errors import InputError, closest
 from tinyvlm.io import read_json, write_json
 from tinyvlm.models.connectors import CONNECTORS
+from tinyvlm.models.load import load_model
 from tinyvlm.models.surgery import upcycle
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.rundir import RunDir
@@ -182,7 +183,7 @@ class SkippedRecordsWarning(UserWarning):
 def init_modules(r: StageRun) -> None:
     """Copy modules from finished stages' models (the stage's `init`)."""
     for module, ref in r.stage.init.items():
-        source = TinyVLM.from_pretrained(r.ref_path(ref))
+        source = load_model(r.ref_path(ref))
         try:
             getattr(r.model, module).load_state_dict(getattr(source, module).state_dict())
         except RuntimeError:

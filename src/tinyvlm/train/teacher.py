@@ -26,6 +26,7 @@ from tinyvlm.data.collate import (
 from tinyvlm.data.conversation import Conversation, Turn
 from tinyvlm.data.images import ImageStore
 from tinyvlm.errors import InputError
+from tinyvlm.models.load import load_model
 from tinyvlm.models.vlm import TinyVLM, VLMOutput
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -68,7 +69,7 @@ class FrozenModel:
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: str = "fp32",
                         device: torch.device | str = "cpu") -> FrozenModel:
-        return cls(TinyVLM.from_pretrained(directory).to(device), dtype, directory)
+        return cls(load_model(directory).to(device), dtype, directory)
 
     @property
     def device(self) -> torch.device:
