@@ -438,7 +438,7 @@ def test_prompt_longer_than_the_model_is_an_input_error(model_and_data, tmp_path
 def test_generate_answers_keeps_input_order(model_and_data) -> None:
     model, files = model_and_data
     bench = load_benchmark(files[0], LoadContext(None, Path("unused")))
-    prompts = harness.build_prompts(model, bench, load_template("llava"), 8)[:6]
+    prompts = harness.build_prompts(Engine(model), bench, load_template("llava"), 8)[:6]
     seen: list[list[int]] = []
     batched = Engine(model, 4).generate(prompts, Sampling(8),
                                         on_batch=lambda idx, texts, s: seen.append(idx))

@@ -223,6 +223,13 @@ def make_llava(directory: Path, tower: str, lm: str) -> object:
                        else transformers.SiglipImageProcessor(size={"height": 32,
                                                                     "width": 32}))
     image_processor.save_pretrained(directory)
+    patch = cfg.vision_config.patch_size
+    transformers.LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=transformers.AutoTokenizer.from_pretrained(directory), patch_size=patch,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        num_additional_image_tokens=int(tower == "clip"),
+        chat_template=LLAVA_TEMPLATE if lm == "llama" else CHATML).save_pretrained(directory)
     return model
 
 

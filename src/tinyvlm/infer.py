@@ -33,6 +33,7 @@ class Prompt:
 
     ids: list[int]
     images: list[Any]
+    extra: Any = None  # what else the model's engine reads (a rendered chat template)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ class Engine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.config.language.max_seq_len
+
     def encode(self, history: Sequence[Turn], question: str, images: Sequence[Any]) -> Prompt:
         return Prompt(self.tokenizer.encode_prompt(history, question, self.model.image_tokens),
                       list(images))
@@ -139,6 +144,20 @@ class Engine:
                                pixel_values=self.images.pixels([i for p in prompts
                                                                 for i in p.images]),
                                images_per_row=[len(p.images) for p in prompts])
+
+    def prepare(self, prompts: Sequence[Prompt]) -> Any:
+        """The model's inputs for a batch of prompts (images loaded), on its device."""
+        return self.batch(prompts).to(self.device)
+
+    def tokens(self, batch: Any, sampling: Sampling, generator: torch.Generator | None,
+               on_step: Callable[[torch.Tensor], Any] | None) -> list[list[int]]:
+        """Each prompt's new tokens (padded after its end token). prepare and tokens are
+        the model's own steps, which an adapter for another kind of model replaces."""
+        return self.model.generate(
+            batch.input_ids, batch.attention_mask, batch.pixel_values,
+            max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, generator=generator, image_rows=batch.image_rows,
+            on_step=on_step).tolist()
 
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling = Sampling(),
                  generator: torch.Generator | None = None, sort_by_length: bool = True,
@@ -168,7 +187,7 @@ class Engine:
         return answers
 
     def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:
-        limit = self.model.config.language.max_seq_len
+        limit = self.max_seq_len
         if len(prompt.ids) + max_new_tokens > limit:
             raise InputError(f"a prompt of {len(prompt.ids)} tokens and {max_new_tokens} new "
                              f"tokens exceed the model's max_seq_len {limit}")
@@ -182,15 +201,11 @@ class Engine:
         tok = self.tokenizer
         stream = _Stream(tok, len(prompts), sampling.stop, on_text) \
             if sampling.stop or on_text is not None else None
-        batch = self.batch(prompts)
+        inputs = self.prepare(prompts)
         tick = time.perf_counter()
         with torch.inference_mode():
-            batch = batch.to(self.device)
-            new = self.model.generate(
-                batch.input_ids, batch.attention_mask, batch.pixel_values,
-                max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                top_p=sampling.top_p, generator=generator, image_rows=batch.image_rows,
-                on_step=None if stream is None else stream.step).tolist()
+            new = self.tokens(inputs, sampling, generator,
+                              None if stream is None else stream.step)
         seconds = time.perf_counter() - tick
         texts = [tok.decode_answer(row) for row in new]
         return (texts if not sampling.stop else [_cut(t, sampling.stop) for t in texts]), seconds

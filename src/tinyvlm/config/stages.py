@@ -19,9 +19,15 @@ class MimicConfig:
     next-token distributions; total loss = ce_weight * CE + kd_weight * KD
     (+ rdist_weight * RDist), MoE auxiliary losses added once by the loop."""
 
-    teacher: str = ""  # a tinyvlm model directory (or "stage:NAME" in a recipe)
+    # A model directory: tinyvlm's, a Hugging Face one, or "stage:NAME" in a recipe.
+    teacher: str = ""
     teacher_dtype: str = "fp32"  # "fp32" or "bf16"
-    # "forward_kl" (LLaVA-MoD), "reverse_kl", "js", "tv", "skew_forward_kl", "skew_reverse_kl"
+    # Who runs the teacher: "auto" (tinyvlm for its own and LLaVA directories, transformers
+    # for other HF models), "tinyvlm" or "transformers" (any AutoModelForImageTextToText).
+    teacher_backend: str = "auto"
+    # "forward_kl" (LLaVA-MoD), "reverse_kl", "js", "tv", "skew_forward_kl", "skew_reverse_kl",
+    # or "uld" (Universal Logit Distillation: teacher and student may have different
+    # tokenizers; see train/losses.uld_loss)
     kind: str = "forward_kl"
     temperature: float = 1.0
     beta: float = 0.5  # mixing weight of "js"

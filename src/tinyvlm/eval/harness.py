@@ -50,16 +50,15 @@ class BenchPrompt(Prompt):
     key: str = ""  # hash of ids and images: a cached output counts only for the same prompt
 
 
-def build_prompts(model: TinyVLM, bench: Benchmark, template: Template,
+def build_prompts(engine: Engine, bench: Benchmark, template: Template,
                   max_new_tokens: int) -> list[BenchPrompt]:
     """Render and tokenize every item; reject prompts that cannot fit or mismatch images."""
-    tok = model.tokenizer
-    assert tok is not None
-    limit = model.config.language.max_seq_len
+    limit = engine.max_seq_len
     prompts = []
     for item in bench.items:
         text = template.render(item.fields())
-        ids = tok.encode_prompt(item.history, text, model.image_tokens)
+        encoded = engine.encode(item.history, text, item.images)
+        ids = encoded.ids
         placeholders = count_images([text, *(u for u, _ in item.history)])
         if placeholders != len(item.images):
             raise InputError(f"item {item.id}: the prompt has {placeholders} <image> "
@@ -70,7 +69,7 @@ def build_prompts(model: TinyVLM, bench: Benchmark, template: Template,
                              f"tokens exceed the model's max_seq_len {limit}", bench.path)
         # Resolved image paths: the same item keys the same entry from any working directory.
         key = digest(ids, [str(p.resolve()) for p in item.images])
-        prompts.append(BenchPrompt(ids, item.images, text, key))
+        prompts.append(BenchPrompt(ids, item.images, encoded.extra, text, key))
     return prompts
 
 
@@ -87,7 +86,7 @@ def run_benchmark(engine: Engine, bench: Benchmark, run: RunDir, name: str, mode
                   template: Template, max_new_tokens: int, progress: bool = True
                   ) -> BenchmarkRun:
     """Every item of `bench`: from the cache when done before, else decoded and cached."""
-    prompts = build_prompts(engine.model, bench, template, max_new_tokens)
+    prompts = build_prompts(engine, bench, template, max_new_tokens)
     cache = PredictionCache(run.cache_file(name, bench.name), digest(model_fp, max_new_tokens))
     done = cache.load()
     outputs: dict[int, tuple[str, float]] = {}
@@ -158,7 +157,7 @@ def load_benchmarks(files: Sequence[str | Path], run: RunDir,
     return benches
 
 
-def evaluate(model: TinyVLM, files: Sequence[str | Path], out_dir: str | Path, name: str,
+def evaluate(model: Any, files: Sequence[str | Path], out_dir: str | Path, name: str,
              batch_size: int = 128, max_new_tokens: int | None = None, progress: bool = True,
              image_root: str | Path | None = None, templates: str | Path | None = None,
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -175,8 +174,7 @@ def evaluate(model: TinyVLM, files: Sequence[str | Path], out_dir: str | Path, n
     if max_new_tokens is not None:
         Sampling(max_new_tokens)  # one clear line for a value out of range
     benches = load_benchmarks(files, run, image_root)
-    engine = Engine(model, batch_size)
-    fingerprint = model_fingerprint(model)
+    engine, fingerprint = engine_for(model, batch_size)
     runs = []
     tick = time.perf_counter()
     for bench in benches:
@@ -204,6 +202,14 @@ def evaluate(model: TinyVLM, files: Sequence[str | Path], out_dir: str | Path, n
     return summary, samples
 
 
+def engine_for(model: Any, batch_size: int) -> tuple[Engine, str]:
+    """The inference engine of a model (a TinyVLM, or an adapter that brings its own) and
+    the fingerprint its cached predictions are keyed by."""
+    if isinstance(model, TinyVLM):
+        return Engine(model, batch_size), model_fingerprint(model)
+    return model.engine(batch_size), model.fingerprint()
+
+
 def efficiency_keys(model: TinyVLM, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Analytic cost at this run's mean prompt length, and the mean latency per sample.
 
@@ -225,7 +231,7 @@ def efficiency_keys(model: TinyVLM, samples: Sequence[Mapping[str, Any]]) -> dic
     return {**acct, "latency_ms_per_sample": 1000 * latency}
 
 
-def evaluate_models(models: Mapping[str, TinyVLM], files: Sequence[Path | str], out_dir: Path,
+def evaluate_models(models: Mapping[str, Any], files: Sequence[Path | str], out_dir: Path,
                     train_file: Path | None, batch_size: int = 128,
                     max_new_tokens: int | None = None, progress: bool = True,
                     image_root: Path | None = None, templates: Path | None = None
@@ -233,13 +239,18 @@ def evaluate_models(models: Mapping[str, TinyVLM], files: Sequence[Path | str], 
     """Every model on every file, beside the majority-answer baseline; writes the report."""
     rows, samples = [], []
     for name, model in models.items():
-        with PeakMemory(next(model.parameters()).device) as memory:
+        native = isinstance(model, TinyVLM)
+        device = next(model.parameters()).device if native else model.device
+        with PeakMemory(device) as memory:
             summary, samples = evaluate(model, files, out_dir, name, batch_size, max_new_tokens,
                                         progress, image_root, templates)
-        split = cost.parameter_split(model.config)
-        extra = efficiency_keys(model, samples) | memory.result()
-        rows.append(report.model_row(name, model.num_parameters(), split.activated,
-                                     summary, **extra))
+        # A model run by another library has no analytic cost: its activated parameters are
+        # reported as its total.
+        activated = (cost.parameter_split(model.config).activated if native
+                     else model.num_parameters())
+        extra = (efficiency_keys(model, samples) if native else {}) | memory.result()
+        rows.append(report.model_row(name, model.num_parameters(), activated, summary,
+                                     **extra))
     baseline = None
     llava = [s for s in samples if s["format"] == "llava"]
     if train_file is not None and llava:

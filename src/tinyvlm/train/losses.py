@@ -191,6 +191,63 @@ def distill_loss_topk(student_logits: Tensor, teacher_values: Tensor, teacher_in
 # ---------------------------------------------------------------------------------------------
 # Token selection
 
+def uld_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+             ) -> Tensor:
+    """Universal Logit Distillation (Boizard et al., 2024) for (N, Vs) and (N, Vt) logits of
+    aligned positions, whatever the two vocabularies: the L1 distance between the two
+    probability vectors sorted in decreasing order (the shorter padded with zeros), which is
+    the Wasserstein-1 distance under a cost that ignores token identity; mean over positions.
+
+    Its limit is in that design: it matches the shape of the distribution (how peaked it is,
+    how mass spreads over the runners-up), not which token gets the mass; the CE term teaches
+    the tokens."""
+    _check_temperature(temperature)
+    if student_logits.shape[0] != teacher_logits.shape[0]:
+        raise ValueError("uld_loss needs as many teacher positions as student positions")
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    s = (student_logits.float() / temperature).softmax(-1).sort(-1, descending=True).values
+    t = (teacher_logits.detach().float() / temperature).softmax(-1).sort(-1,
+                                                                      descending=True).values
+    width = max(s.shape[-1], t.shape[-1])
+    s = F.pad(s, (0, width - s.shape[-1]))
+    t = F.pad(t, (0, width - t.shape[-1]))
+    return (s - t).abs().sum(-1).mean()
+
+
+def answer_runs(mask: Tensor) -> list[list[Tensor]]:
+    """Per row, the position indices of each run of selected positions (one run per answer,
+    in order)."""
+    runs: list[list[Tensor]] = []
+    for row in mask:
+        idx = row.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            runs.append([])
+            continue
+        breaks = (idx[1:] - idx[:-1] != 1).nonzero().squeeze(1) + 1
+        runs.append(list(torch.tensor_split(idx, breaks.tolist())))
+    return runs
+
+
+def align_answers(student: Tensor, s_mask: Tensor, teacher: Tensor, t_mask: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+    """ULD's alignment: the j-th answer of a row on each side, truncated to the shorter of
+    the two tokenisations (each side tokenised the same text its own way). (N, Vs), (N, Vt)."""
+    s_rows, t_rows = answer_runs(s_mask), answer_runs(t_mask)
+    s_out, t_out = [], []
+    for b, (s_runs, t_runs) in enumerate(zip(s_rows, t_rows, strict=True)):
+        if len(s_runs) != len(t_runs):
+            raise ValueError(f"row {b}: the student's batch holds {len(s_runs)} answers, the "
+                             f"teacher's {len(t_runs)}")
+        for s_idx, t_idx in zip(s_runs, t_runs, strict=True):
+            n = min(len(s_idx), len(t_idx))
+            s_out.append(student[b, s_idx[:n]])
+            t_out.append(teacher[b, t_idx[:n]])
+    if not s_out:
+        return student.new_zeros(0, student.shape[-1]), teacher.new_zeros(0, teacher.shape[-1])
+    return torch.cat(s_out), torch.cat(t_out)
+
+
 KD_MODES = ("response", "text", "visual")
 
 

@@ -148,6 +148,8 @@ def check_teachers(recipe: Recipe, tokenizer: Tokenizer) -> None:
         for key, ref in stage_refs(stage, every=True).items():
             if ref.startswith("stage:") or key.startswith("init.") or key.endswith(".pairs"):
                 continue
+            if key == "mimic.teacher" and stage.mimic is not None and stage.mimic.kind == "uld":
+                continue  # ULD distils across vocabularies
             theirs = load_tokenizer_of(ref).backend.get_vocab()
             if theirs != tokenizer.backend.get_vocab():
                 raise InputError(f"recipe.stages[{i}].{key}: its vocabulary ({len(theirs)} "

@@ -26,6 +26,8 @@ from tinyvlm.data.collate import (
 from tinyvlm.data.conversation import Conversation, Turn
 from tinyvlm.data.images import ImageStore
 from tinyvlm.errors import InputError
+from tinyvlm.io import read_json
+from tinyvlm.models.hf import is_hf_directory
 from tinyvlm.models.load import load_model
 from tinyvlm.models.vlm import TinyVLM, VLMOutput
 
@@ -145,3 +147,23 @@ class FrozenModel:
 
 
 FrozenTeacher = FrozenModel  # the earlier name
+
+BACKENDS = ("auto", "tinyvlm", "transformers")
+
+
+def load_teacher(directory: str | Path, dtype: str = "fp32",
+                 device: torch.device | str = "cpu", backend: str = "auto") -> Teacher:
+    """A distillation teacher: a tinyvlm model (its own directories and LLaVA ones, imported
+    exactly) or, with backend "transformers" or for any other HF model, the checkpoint run by
+    transformers with its own processor and chat template."""
+    if backend not in BACKENDS:
+        raise InputError(f"teacher_backend must be one of {', '.join(BACKENDS)}, got "
+                         f"{backend!r}")
+    if backend == "auto" and is_hf_directory(directory):
+        backend = ("tinyvlm" if read_json(Path(directory) / "config.json").get("model_type")
+                   == "llava" else "transformers")
+    if backend == "transformers":
+        from tinyvlm.hf_adapter import TransformersVLM
+
+        return TransformersVLM(directory, dtype, device)
+    return FrozenModel.from_pretrained(directory, dtype, device)

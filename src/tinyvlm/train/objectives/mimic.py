@@ -20,14 +20,16 @@ from tinyvlm.train.losses import (
     DIVERGENCES,
     KD_MODES,
     RELATION_KINDS,
+    align_answers,
     distill_loss,
     distill_loss_topk,
     kd_mask,
     relation_distill_loss,
+    uld_loss,
 )
 from tinyvlm.train.objectives.base import LossOutput, TrainData, stage_label, token_cross_entropy
 from tinyvlm.train.objectives.sft import SFT
-from tinyvlm.train.teacher import FrozenModel, Teacher
+from tinyvlm.train.teacher import Teacher, load_teacher
 from tinyvlm.train.teacher_cache import TeacherCache, cache_key
 
 
@@ -93,11 +95,18 @@ class Mimic(SFT):
         cfg = stage.mimic
         if cfg is None:
             raise InputError(f"{where}: objective 'mimic' needs a 'mimic' section")
-        checks = [(cfg.kind in DIVERGENCES, f"mimic.kind must be one of {list(DIVERGENCES)}"),
+        kinds = [*DIVERGENCES, "uld"]
+        checks = [(cfg.kind in kinds, f"mimic.kind must be one of {kinds}"),
+                  (cfg.kind != "uld" or (cfg.tokens == "response" and cfg.cache is None
+                                         and not cfg.rdist_weight),
+                   "mimic.kind 'uld' distils response tokens of a running teacher "
+                   "(tokens: response, no cache, no rdist)"),
                   (cfg.tokens in KD_MODES, f"mimic.tokens must be one of {list(KD_MODES)}"),
                   (cfg.rdist_kind in RELATION_KINDS,
                    f"mimic.rdist_kind must be one of {list(RELATION_KINDS)}"),
                   (cfg.temperature > 0, "mimic.temperature must be > 0"),
+                  (cfg.teacher_backend in ("auto", "tinyvlm", "transformers"),
+                   "mimic.teacher_backend must be auto, tinyvlm or transformers"),
                   (cfg.cache is not None or bool(cfg.teacher),
                    "mimic.teacher (a model directory) is required")]
         for ok, message in checks:
@@ -123,11 +132,12 @@ class Mimic(SFT):
         self._shared = True
         if self.cfg.cache is None:
             device = next(model.parameters()).device
-            teacher = FrozenModel.from_pretrained(self.cfg.teacher, self.cfg.teacher_dtype,
-                                                  device)
-            teacher.check_compatible(model)
+            teacher = load_teacher(self.cfg.teacher, self.cfg.teacher_dtype, device,
+                                   self.cfg.teacher_backend)
+            if self.cfg.kind != "uld":  # ULD compares sorted distributions: any vocabulary
+                teacher.check_compatible(model)
             self._teacher.append(teacher)
-            self._shared = teacher.same_batches(model)
+            self._shared = self.cfg.kind != "uld" and teacher.same_batches(model)
 
     @property
     def teacher(self) -> Teacher | None:
@@ -199,8 +209,14 @@ class Mimic(SFT):
         t_mask = mask if teacher_batch is b else kd_mask(
             teacher_batch.target_ids, teacher_batch.attention_mask, teacher_batch.input_ids,
             teacher.image_token_id, self.cfg.tokens)
-        s, t = aligned(out.logits, mask, teacher_out.logits, t_mask)
         cfg = self.cfg
+        if cfg.kind == "uld":
+            try:
+                s, t = align_answers(out.logits, mask, teacher_out.logits, t_mask)
+            except ValueError as e:
+                raise InputError(f"uld: {e}") from None
+            return teacher_out, uld_loss(s, t, cfg.temperature)
+        s, t = aligned(out.logits, mask, teacher_out.logits, t_mask)
         kw = {"beta": cfg.beta} if cfg.kind == "js" else (
             {"alpha": cfg.alpha} if cfg.kind.startswith("skew") else {})
         kd, _ = distill_loss(s, t, None, cfg.kind, cfg.temperature, **kw)
