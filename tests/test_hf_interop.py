@@ -52,14 +52,32 @@ WORDS = _WORD_TEXT.split()
 
 
 def hf_tokenizer(directory: Path, specials: list[str], template: str, bos: str | None,
-                 eos: str, llama_bos: bool = False) -> None:
-    """A small word-level fast tokenizer with a chat template, saved as transformers does."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+                 eos: str, llama_bos: bool = False, kind: str = "wordlevel") -> int:
+    """A small fast tokenizer with a chat template, saved as transformers does: word-level,
+    or BPE trained here with Llama's metaspace or Qwen2's byte-level pre-tokenizer. Returns
+    its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    vocab = {t: i for i, t in enumerate([*specials, *WORDS, "?", ".", ":", "\n"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Punctuation()])
+    if kind == "wordlevel":
+        vocab = {t: i for i, t in enumerate([*specials, *WORDS, "?", ".", ":", "\n"])}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Punctuation()])
+    else:
+        tok = Tokenizer(models.BPE(unk_token=specials[0] if kind == "metaspace" else None))
+        if kind == "metaspace":
+            tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+            tok.decoder = decoders.Metaspace(prepend_scheme="first")
+            alphabet: list[str] = []
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            alphabet = pre_tokenizers.ByteLevel.alphabet()
+        corpus = [" ".join(WORDS), "what colour is the circle ? a red circle .",
+                  "USER: ASSISTANT: how many shapes are there ? two", "\n" * 3]
+        tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(
+            vocab_size=120, special_tokens=specials, initial_alphabet=alphabet))
+        vocab = tok.get_vocab()
     if llama_bos:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
@@ -68,6 +86,7 @@ def hf_tokenizer(directory: Path, specials: list[str], template: str, bos: str |
         pad_token=specials[0], additional_special_tokens=specials[1:])
     fast.chat_template = template
     fast.save_pretrained(directory)
+    return tok.get_vocab_size()
 
 
 def clip_config(**kw: object) -> object:
@@ -203,9 +222,13 @@ def test_language_model_logits_match_transformers(name: str, tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- whole LLaVA
 
 
-def make_llava(directory: Path, tower: str, lm: str) -> object:
+def make_llava(directory: Path, tower: str, lm: str, kind: str = "wordlevel") -> object:
     specials = ["<unk>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>"]
-    vocab = len(specials) + len(WORDS) + 4
+    if lm == "llama":
+        vocab = hf_tokenizer(directory, specials, LLAVA_TEMPLATE, "<s>", "</s>",
+                             llama_bos=True, kind=kind)
+    else:
+        vocab = hf_tokenizer(directory, specials, CHATML, None, "<|im_end|>", kind=kind)
     vision = clip_config() if tower == "clip" else siglip_config()
     text = llama_config(vocab) if lm == "llama" else qwen2_config(vocab)
     cfg = transformers.LlavaConfig(
@@ -214,10 +237,6 @@ def make_llava(directory: Path, tower: str, lm: str) -> object:
         vision_feature_select_strategy="default" if tower == "clip" else "full")
     model = randomise(transformers.LlavaForConditionalGeneration(cfg))
     model.save_pretrained(directory)
-    if lm == "llama":
-        hf_tokenizer(directory, specials, LLAVA_TEMPLATE, "<s>", "</s>", llama_bos=True)
-    else:
-        hf_tokenizer(directory, specials, CHATML, None, "<|im_end|>")
     image_processor = (transformers.CLIPImageProcessor(size={"shortest_edge": 32},
                                                        crop_size=32) if tower == "clip"
                        else transformers.SiglipImageProcessor(size={"height": 32,
@@ -238,9 +257,12 @@ def photo(seed: int, size: tuple[int, int] = (45, 37)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("tower,lm", [("clip", "llama"), ("siglip", "qwen2")])
-def test_llava_matches_transformers(tower: str, lm: str, tmp_path: Path) -> None:
-    hf = make_llava(tmp_path, tower, lm)
+@pytest.mark.parametrize("tower,lm,kind", [("clip", "llama", "wordlevel"),
+                                           ("siglip", "qwen2", "wordlevel"),
+                                           ("clip", "llama", "metaspace"),
+                                           ("siglip", "qwen2", "bytelevel")])
+def test_llava_matches_transformers(tower: str, lm: str, kind: str, tmp_path: Path) -> None:
+    hf = make_llava(tmp_path, tower, lm, kind)
     ours = import_model(tmp_path)
     assert ours.image_tokens == 16
     tok = ours.tokenizer
@@ -265,6 +287,11 @@ def test_llava_matches_transformers(tower: str, lm: str, tmp_path: Path) -> None
     pixels = store.pixels([img])
     assert pixels is not None
     torch.testing.assert_close(pixels, ref_pixels, atol=0, rtol=0)
+    # The whole processor (template text + image) gives the same ids and pixels.
+    full = transformers.AutoProcessor.from_pretrained(tmp_path)(text=text, images=[img],
+                                                                return_tensors="pt")
+    assert full["input_ids"][0].tolist() == prompt
+    torch.testing.assert_close(pixels, full["pixel_values"], atol=0, rtol=0)
     # Logits for image + prompt, and greedy generation through our KV cache.
     ids = torch.tensor([prompt])
     with torch.no_grad():

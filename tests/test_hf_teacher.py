@@ -163,3 +163,51 @@ def test_eval_through_transformers_matches_the_imported_model(tmp_path: Path) ->
     assert any(predictions)  # not all empty: real text compared
     assert hf_summary["benchmarks"]["pope/random"]["result"] == \
         ours_summary["benchmarks"]["pope/random"]["result"]
+
+
+def test_recipe_from_hf_checkpoints_to_an_exported_moe_student(tmp_path: Path,
+                                                                shapes_dir: Path) -> None:
+    """The documented path: a pretrained student (an HF directory) upcycled to MoE and
+    mimic-distilled from an HF LLaVA teacher run by transformers, then exported for
+    transformers, which computes the student's logits."""
+    from tinyvlm.config import load_recipe
+    from tinyvlm.models.hf import export_model
+    from tinyvlm.train.pipeline import run_recipe
+
+    small_llava(tmp_path / "teacher", patch=8)
+    small_llava(tmp_path / "student", patch=16)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(f"""
+name: hf-mod
+data: {{path: {shapes_dir}, shapes: null}}
+tokenizer: {{pretrained: {tmp_path / 'student'}}}
+pretrained: {{model: {tmp_path / 'student'}}}
+stages:
+  - {{name: upcycle, action: upcycle, upcycle: {{experts: 4, top_k: 2, layers: every-other}}}}
+  - name: mimic
+    objective: mimic
+    steps: 2
+    batch_size: 2
+    warmup_steps: 0
+    log_every: 1
+    mimic: {{teacher: {tmp_path / 'teacher'}, teacher_backend: transformers}}
+""")
+    recipe = load_recipe(recipe_file)
+    model = run_recipe(recipe, tmp_path / "run", progress=False)
+    assert model.config.language.moe is not None
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+               .splitlines()]
+    kd = [m["kd"] for m in metrics if "kd" in m]
+    assert len(kd) == 2 and all(math.isfinite(x) and x > 0 for x in kd)
+    out = export_model(model, tmp_path / "exported")
+    assert json.loads((out / "config.json").read_text())["text_config"]["model_type"] \
+        == "qwen2_moe"
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(out).eval()
+    tok = model.tokenizer
+    ids = torch.tensor([tok.encode_prompt([], "<image>\nwhat shape ?", model.image_tokens)])
+    pixels = torch.randn(1, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, pixel_values=pixels).logits,
+                                   model(ids, pixel_values=pixels).logits, atol=1e-5,
+                                   rtol=1e-5)

@@ -26,10 +26,15 @@ from tinyvlm.errors import InputError
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--max-new-tokens", type=int, default=None,
               help="Tokens to generate [default: each benchmark template's].")
+@click.option("--backend", type=click.Choice(["auto", "tinyvlm", "transformers"]),
+              default="auto", show_default=True,
+              help="Who runs MODEL: tinyvlm (its own and LLaVA directories, imported) or "
+                   "transformers (any AutoModelForImageTextToText directory; the hf extra). "
+                   "auto: tinyvlm where it can.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None,
              train_file: str | None, image_root: str | None, templates: str | None,
-             batch_size: int, max_new_tokens: int | None, quiet: bool) -> None:
+             batch_size: int, max_new_tokens: int | None, backend: str, quiet: bool) -> None:
     """Evaluate MODEL on benchmark files: predictions, results.json, report, chart.
 
     DATA_FILES are LLaVA JSON/JSONL (ShapesWorld), POPE question JSONL, MME subtask .txt
@@ -43,6 +48,7 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
     Example:
       tinyvlm eval runs/demo/model data/shapes/test.json data/shapes/pope.json --out runs/eval
       tinyvlm eval runs/demo/model data/shapes/pope_random.jsonl mmbench_dev.tsv --out runs/e2
+      tinyvlm eval ~/models/llava-1.5-7b-hf pope_random.jsonl --backend transformers
     """
     from tinyvlm.eval.harness import evaluate_models
     from tinyvlm.eval.report import format_benchmarks, format_table
@@ -56,7 +62,8 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
     if name == "":
         raise InputError("--name is empty")
     train_path = Path(train_file) if train_file else Path(data_files[0]).parent / "train.json"
-    results = evaluate_models({name or Path(model).resolve().name: load_model(model)},
+    results = evaluate_models({name or Path(model).resolve().name:
+                               load_eval_model(model, backend)},
                               list(data_files), Path(out),
                               train_path if train_path.is_file() else None,
                               batch_size, max_new_tokens, progress=not quiet,
@@ -66,6 +73,23 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
     if benchmarks := format_benchmarks(results):
         click.echo(f"\n{benchmarks}")
     click.echo(f"\nreport: {Path(out) / 'report.md'}")
+
+
+def load_eval_model(path: str, backend: str) -> object:
+    """The model `tinyvlm eval` runs: tinyvlm's (its directories, and LLaVA ones imported)
+    or transformers' own for any other Hugging Face directory."""
+    from tinyvlm.models.hf import is_hf_directory
+
+    if backend == "auto" and is_hf_directory(path):
+        import json
+
+        kind = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        backend = "tinyvlm" if kind == "llava" else "transformers"
+    if backend == "transformers":
+        from tinyvlm.hf_adapter import TransformersVLM
+
+        return TransformersVLM(path)
+    return load_model(path)
 
 
 @click.command("report")

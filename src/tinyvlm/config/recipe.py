@@ -33,6 +33,10 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     # More models trained in the same run (a teacher and its students), by name.
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    # Models that start from a directory instead of a config (name -> a tinyvlm or Hugging
+    # Face model directory): their config and weights are the directory's. Their vocabulary
+    # must be the run's (tokenizer.pretrained names the same directory).
+    pretrained: dict[str, str] = field(default_factory=dict)
     stages: list[StageConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: int | None = None  # torch intra-op threads; None: torch's default
@@ -109,6 +113,14 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
     check_model(recipe.model, source, "recipe.model")
     for name, model in recipe.models.items():
         check_model(model, source, f"recipe.models.{name}")
+    for name, directory in recipe.pretrained.items():
+        check_plain_name(name, f"recipe.pretrained.{name}", source)
+        if name in recipe.models:
+            raise InputError(f"recipe.pretrained.{name}: '{name}' is also a key of models; a "
+                             "model comes from a config or from a directory", source)
+        if not (Path(directory) / "config.json").is_file():
+            raise InputError(f"recipe.pretrained.{name}: not a model directory (no "
+                             "config.json)", directory)
     if recipe.stages and all(s.model != "model" for s in recipe.stages):
         raise InputError("no stage trains the recipe's `model` (the run's final model)", source)
     kinds: dict[str, str] = {}
@@ -126,9 +138,10 @@ def _check_stage(recipe: Recipe, stage: StageConfig, key: str, kinds: dict[str, 
     check_plain_name(stage.name, f"{key}.name", source)
     if stage.name in kinds:
         raise InputError(f"{key}: stage name '{stage.name}' is used twice", source)
-    if stage.model != "model" and stage.model not in recipe.models:
+    names = [*recipe.models, *recipe.pretrained]
+    if stage.model != "model" and stage.model not in names:
         raise InputError(f"{key}.model: '{stage.model}' is neither 'model' nor a key of "
-                         f"models{closest(stage.model, list(recipe.models))}", source)
+                         f"models or pretrained{closest(stage.model, names)}", source)
     # A kind's settings live in the stage field of the kind's name (mimic, upcycle, ...).
     if stage.kind in _SECTIONS and getattr(stage, stage.kind) is None:
         raise InputError(f"{key}: {_kind_label(stage)} needs a '{stage.kind}' section", source)
@@ -137,7 +150,10 @@ def _check_stage(recipe: Recipe, stage: StageConfig, key: str, kinds: dict[str, 
     if stage.action == "build_pairs" and stage.build_pairs is not None:
         require(build_pairs_rules(stage.build_pairs), f"{key}.build_pairs", source)
     if stage.action == "upcycle" and stage.upcycle is not None:
-        stage.upcycle.check(recipe.stage_model(stage).language.depth, source, f"{key}.upcycle")
+        # A pretrained model's depth is known once it loads: the upcycle action checks it.
+        if stage.model not in recipe.pretrained:
+            stage.upcycle.check(recipe.stage_model(stage).language.depth, source,
+                                f"{key}.upcycle")
         if not stage.upcycle.normalize_gates or stage.upcycle.task_routing != "none":
             raise InputError(f"{key}.upcycle: upcycling needs normalize_gates: true and "
                              "task_routing: none", source)

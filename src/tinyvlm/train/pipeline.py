@@ -60,9 +60,19 @@ def train_tokenizer(recipe: Recipe, run: RunDir) -> Tokenizer:
 
 
 def build_model(recipe: Recipe, run_dir: str | Path | RunDir, name: str = "model") -> TinyVLM:
-    """A fresh model (the recipe's `model`, or models[name]) with the run's tokenizer."""
+    """A fresh model (the recipe's `model`, or models[name]) with the run's tokenizer, or
+    the model of directory pretrained[name]."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     tokenizer = train_tokenizer(recipe, run)
+    if name in recipe.pretrained:
+        model = load_model(recipe.pretrained[name])
+        assert model.tokenizer is not None
+        if model.tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
+            raise InputError(f"recipe.pretrained.{name}: its vocabulary "
+                             f"({model.tokenizer.vocab_size} tokens) is not the run's "
+                             f"({tokenizer.vocab_size}): set tokenizer.pretrained to this "
+                             "directory", recipe.pretrained[name])
+        return model.train()
     config = copy.deepcopy(recipe.model if name == "model" else recipe.models[name])
     torch.manual_seed(recipe.seed)
     return TinyVLM.from_tokenizer(config, tokenizer)
@@ -136,6 +146,7 @@ def depends_on(recipe: Recipe, index: int) -> dict[str, Any]:
     return {
         "seed": recipe.seed, "data": data, "tokenizer": to_dict(recipe.tokenizer),
         "model": to_dict(recipe.model), "models": to_dict(recipe.models),
+        "pretrained": {k: str(Path(v).resolve()) for k, v in recipe.pretrained.items()},
         "stages": [{k: v for k, v in to_dict(s).items() if k not in _FREE_STAGE_KEYS}
                    for s in recipe.stages[: index + 1]],
     }

@@ -99,6 +99,8 @@ def run_upcycle(r: StageRun) -> None:
     stage = r.stage
     assert stage.upcycle is not None
     torch.manual_seed(stage.seed)  # the new routers: the same on every (re)run
+    stage.upcycle.check(r.model.config.language.depth, None,
+                        f"stage '{stage.name}': upcycle")
     upcycle(r.model, stage.upcycle)
     ckpts = Checkpoints(r.run, stage.name, stage.keep_checkpoints, r.depends,
                         fresh=not r.resume)
