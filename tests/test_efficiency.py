@@ -168,6 +168,6 @@ def test_kv_cache_bytes_equal_the_allocated_cache(dtype: torch.dtype,
 
 def test_unknown_connector_kind_is_a_clear_error() -> None:
     cfg = tiny_model_config(vocab_size=100)
-    cfg.connector.kind = "vlora"
+    cfg.connector.kind = "qformer"
     with pytest.raises(ValueError, match="unknown connector kind"):
         E.efficiency(cfg)

@@ -477,3 +477,62 @@ def test_cli_import_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     code, _, err = run_cli(["export-hf", str(tmp_path / "native"), "--out",
                             str(tmp_path / "y")], monkeypatch, capsys)
     assert code == 2 and "final LayerNorm" in err and len(err.strip().splitlines()) == 1
+
+
+def test_configs_that_leave_defaults_out() -> None:
+    """config.json files of earlier transformers versions (the hub's llava-1.5-7b-hf) keep
+    only what differs from the defaults: the families fill in transformers' defaults."""
+    raw = {"model_type": "llava", "image_token_index": 32000,
+           "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                             "model_type": "clip_vision_model", "num_attention_heads": 16,
+                             "num_hidden_layers": 24, "patch_size": 14},
+           "text_config": {"max_position_embeddings": 4096, "model_type": "llama",
+                           "rms_norm_eps": 1e-05, "vocab_size": 32064}}
+    config, vfam, lfam = llava.model_config(raw, "config.json")
+    assert vfam is clip and lfam.__name__.endswith(".llama")
+    lang, vision = config.language, config.vision
+    assert (lang.dim, lang.depth, lang.heads, lang.kv_heads, lang.hidden_ffn_dim) == \
+        (4096, 32, 32, 32, 11008)
+    assert (lang.vocab_size, lang.max_seq_len, lang.norm_eps, lang.rope_theta) == \
+        (32064, 4096, 1e-5, 10000.0)
+    assert (vision.dim, vision.depth, vision.patch_size, vision.act, vision.feature_layer,
+            vision.feature_tokens) == (1024, 24, 14, "quick_gelu", -2, 576)
+    assert siglip.vision_config({"model_type": "siglip_vision_model"}, "x").act == "gelu_tanh"
+    assert siglip.vision_config({"model_type": "siglip_vision_model"}, "x").patch_size == 16
+    from tinyvlm.models.hf import mixtral
+
+    mix = mixtral.lm_config({"model_type": "mixtral"}, "x")
+    assert (mix.rope_theta, mix.norm_eps, mix.moe.experts) == (1e6, 1e-5, 8)
+    # Mistral's sliding window caps the sequence length it is exact for.
+    assert llava.language_config({"model_type": "mistral"}, "x").max_seq_len == 4096
+
+
+def test_llama_attention_bias_exports_as_llama(tmp_path: Path) -> None:
+    hf = randomise(transformers.LlamaForCausalLM(llama_config(40, attention_bias=True)))
+    hf.save_pretrained(tmp_path / "lm")
+    lm = import_lm(tmp_path / "lm")
+    config = native_config()
+    config.language = lm.config
+    assert config.language.qkv_bias and config.language.o_bias
+    _, lfam = llava.export_families(config)
+    assert lfam.__name__.endswith(".llama")
+
+
+def test_system_messages_and_a_second_eos(tmp_path: Path) -> None:
+    make_llava(tmp_path, "siglip", "qwen2")
+    # generation_config lists a second eos (Llama 3 style); the template closes answers with
+    # <|im_end|>, so that is the end, and </s> also stops generation.
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 2]}))
+    raw = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    raw["eos_token"] = "</s>"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(raw))
+    model = import_model(tmp_path)
+    tok = model.tokenizer
+    assert tok.chat.end == "<|im_end|>" and tok.chat.stop == ["</s>"]
+    assert model.config.eos_token_id == 5 and model.config.stop_token_ids == [2]
+    assert tok.decode_answer([*tok.encode("a red circle"), 2, 9]) == "a red circle"
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    messages = [{"role": "system", "content": "be brief ."},
+                {"role": "user", "content": "what shape ?"}]
+    assert tok.render([], "what shape ?", "be brief .") == hf_tok.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True)

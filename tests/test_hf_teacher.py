@@ -211,3 +211,27 @@ stages:
         torch.testing.assert_close(hf(input_ids=ids, pixel_values=pixels).logits,
                                    model(ids, pixel_values=pixels).logits, atol=1e-5,
                                    rtol=1e-5)
+
+
+def test_a_template_that_writes_bos_gets_one(tmp_path: Path) -> None:
+    """Rendered text that starts with bos is tokenised without the tokenizer's own bos, as
+    transformers' processors do (no doubled bos in the teacher's batches or in prompts)."""
+    from . import test_hf_interop as h
+
+    original = h.LLAVA_TEMPLATE
+    h.LLAVA_TEMPLATE = "{{ bos_token }}" + original
+    try:
+        small_llava(tmp_path / "m", patch=8)
+    finally:
+        h.LLAVA_TEMPLATE = original
+    teacher = TransformersVLM(tmp_path / "m")
+    bos = teacher.hf_tokenizer.bos_token_id
+    batch = teacher.collate(conversations(tmp_path))
+    assert batch.input_ids[0, 0] == bos and batch.input_ids[0, 1] != bos
+    prompt = teacher.engine().encode([], "what shape is there ?", [])
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what shape is there ?"}]}]
+    ref = teacher.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                tokenize=True, return_dict=True)
+    assert prompt.ids == list(ref["input_ids"][0])
+    ours = import_model(tmp_path / "m").tokenizer
+    assert ours.encode_prompt([], "what shape is there ?", 16) == prompt.ids

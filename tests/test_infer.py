@@ -97,14 +97,18 @@ def test_sampling_is_seeded(chatty: TinyVLM, image: Path) -> None:
     assert draw[0] == draw[1] != draw[2]
 
 
-def test_chat_messages_become_a_conversation(image: Path) -> None:
+def test_chat_messages_become_a_conversation(image: Path, chatty: TinyVLM) -> None:
     conv = conversation_from_messages(
         [{"role": "system", "content": "be brief"},
          {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]},
          {"role": "assistant", "content": "a cat"},
          {"role": "user", "content": "and now?"}], [image])
-    assert conv.turns == [("be brief\n<image>\nwhat?", "a cat"), ("and now?", "")]
-    assert conv.images == [image]
+    assert conv.turns == [("<image>\nwhat?", "a cat"), ("and now?", "")]
+    assert conv.system == "be brief" and conv.images == [image]
+    # The native format has no system role: it goes before the first user message.
+    engine = Engine(chatty)
+    assert engine.encode_conversation(conv).ids == chatty.tokenizer.encode_prompt(
+        [("be brief\n<image>\nwhat?", "a cat")], "and now?", chatty.image_tokens)
     plain = conversation_from_messages([{"role": "user", "content": "hi"}], [image, image])
     assert plain.turns == [("<image>\n<image>\nhi", "")]
     with pytest.raises(InputError, match="last message must be the user's"):

@@ -70,6 +70,9 @@ class TransformersVLM:
         self.image_tokens = int(getattr(config, "image_seq_length", 0) or 0)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.end_id = self.hf_tokenizer.eos_token_id
+        gen = getattr(self.model.generation_config, "eos_token_id", None)
+        gen = gen if isinstance(gen, list) else [] if gen is None else [gen]
+        self.end_ids = list(dict.fromkeys([self.end_id, *gen]))  # any of them ends an answer
         self.pad_id = (self.hf_tokenizer.pad_token_id if self.hf_tokenizer.pad_token_id
                        is not None else self.end_id)
         self.max_seq_len = int(getattr(config.get_text_config(), "max_position_embeddings",
@@ -97,7 +100,7 @@ class TransformersVLM:
 
     # ---------------------------------------------------------------- chat template
 
-    def messages(self, turns: Sequence[Turn], question: str | None = None
+    def messages(self, turns: Sequence[Turn], question: str | None = None, system: str = ""
                  ) -> list[dict[str, Any]]:
         """Conversation turns as typed chat messages, images where `<image>` stood."""
         def parts(text: str) -> list[dict[str, str]]:
@@ -113,17 +116,27 @@ class TransformersVLM:
                                                {"role": "assistant", "content": parts(a)})]
         if question is not None:
             msgs.append({"role": "user", "content": parts(question)})
+        if system:
+            msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
         return msgs
 
-    def render(self, turns: Sequence[Turn], question: str | None = None) -> str:
-        return self.processor.apply_chat_template(self.messages(turns, question),
+    def render(self, turns: Sequence[Turn], question: str | None = None, system: str = ""
+               ) -> str:
+        return self.processor.apply_chat_template(self.messages(turns, question, system),
                                                   add_generation_prompt=question is not None,
                                                   tokenize=False)
+
+    def special_tokens_for(self, text: str) -> bool:
+        """Whether the tokenizer's own special tokens go around rendered text: not when the
+        template wrote the bos itself (as transformers' processors decide)."""
+        bos = self.hf_tokenizer.bos_token
+        return not (bos and text.startswith(bos))
 
     def _ids(self, text: str, images: Sequence[Any]) -> tuple[list[int], dict[str, Tensor]]:
         """The processor's ids (images expanded) and its other inputs for one text."""
         pil = [_pil(i) for i in images]
-        out = self.processor(text=[text], images=pil or None, return_tensors="pt")
+        out = self.processor(text=[text], images=pil or None, return_tensors="pt",
+                             add_special_tokens=self.special_tokens_for(text))
         ids = out.pop("input_ids")[0].tolist()
         out.pop("attention_mask", None)
         return ids, dict(out)
@@ -161,14 +174,16 @@ class TransformersVLM:
         rows, targets, extras = [], [], []
         end = self.end_id
         for conv in conversations:
-            full, inputs = self._ids(self.render(conv.turns), conv.images)
+            full, inputs = self._ids(self.render(conv.turns, system=conv.system), conv.images)
             ids: list[int] = []
             trainable: list[bool] = []
             seen = 0
             for i in range(len(conv.turns)):
                 images = conv.images[: _count(conv.turns[: i + 1])]
-                prompt, _ = self._ids(self.render(conv.turns[:i], conv.turns[i][0]), images)
-                whole, _ = self._ids(self.render(conv.turns[: i + 1]), images)
+                prompt, _ = self._ids(self.render(conv.turns[:i], conv.turns[i][0],
+                                                  conv.system), images)
+                whole, _ = self._ids(self.render(conv.turns[: i + 1], system=conv.system),
+                                     images)
                 if full[: len(prompt)] != prompt or full[: len(whole)] != whole:
                     raise InputError("the teacher's chat template or tokenizer does not keep "
                                      "a conversation's beginning when it goes on: its "
@@ -176,8 +191,9 @@ class TransformersVLM:
                 ids += full[seen: len(prompt)]
                 trainable += [False] * (len(prompt) - seen)
                 answer = full[len(prompt): len(whole)]
-                if end in answer:
-                    answer = answer[: answer.index(end) + 1]
+                stops = [answer.index(e) for e in self.end_ids if e in answer]
+                if stops:
+                    answer = answer[: min(stops) + 1]
                     rest = full[len(prompt) + len(answer): len(whole)]
                 else:
                     rest = []
@@ -234,10 +250,11 @@ class TransformersEngine(Engine):
     def fingerprint(self) -> str:
         return self.model.fingerprint()  # type: ignore[attr-defined]
 
-    def encode(self, history: Sequence[Turn], question: str, images: Sequence[Any]) -> Prompt:
+    def encode(self, history: Sequence[Turn], question: str, images: Sequence[Any],
+               system: str = "") -> Prompt:
         m: TransformersVLM = self.model  # type: ignore[assignment]
-        text = m.render(history, question)
-        ids = m.hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        text = m.render(history, question, system)
+        ids = m.hf_tokenizer(text, add_special_tokens=m.special_tokens_for(text))["input_ids"]
         return Prompt(ids, list(images), text)  # the processor expands the rendered text
 
     def prepare(self, prompts: Sequence[Prompt]) -> dict[str, Tensor]:
@@ -248,7 +265,8 @@ class TransformersEngine(Engine):
         side, tok.padding_side = tok.padding_side, "left"
         try:
             inputs = m.processor(text=texts, images=images or None, padding=True,
-                                 return_tensors="pt")
+                                 return_tensors="pt",
+                                 add_special_tokens=m.special_tokens_for(texts[0]))
         finally:
             tok.padding_side = side
         inputs = {k: v.to(m.device) for k, v in inputs.items()}
@@ -275,7 +293,7 @@ class TransformersEngine(Engine):
             **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
             temperature=sampling.temperature if sample else None,
             top_p=sampling.top_p if sample else None, top_k=None,
-            eos_token_id=m.end_id, pad_token_id=m.pad_id, stopping_criteria=stopping)
+            eos_token_id=m.end_ids, pad_token_id=m.pad_id, stopping_criteria=stopping)
         return out[:, inputs["input_ids"].shape[1]:].tolist()
 
 
@@ -284,12 +302,13 @@ class _Decoder:
 
     def __init__(self, model: TransformersVLM):
         self.hf, self.end_id, self.pad_id = model.hf_tokenizer, model.end_id, model.pad_id
+        self.end_ids = model.end_ids
 
     def decode_answer(self, ids: Sequence[int]) -> str:
         ids = list(ids)
-        if self.end_id in ids:
-            ids = ids[: ids.index(self.end_id)]
-        return self.hf.decode(ids, skip_special_tokens=True).strip()
+        ends = [ids.index(e) for e in self.end_ids if e in ids]
+        return self.hf.decode(ids[: min(ends)] if ends else ids,
+                              skip_special_tokens=True).strip()
 
 
 def _pil(source: Any) -> Any:

@@ -85,14 +85,13 @@ def conversation_from_messages(messages: Sequence[Mapping[str, Any]],
     if user is None:
         raise InputError("the last message must be the user's")
     users = [u for u, _ in turns] + [user]
-    users[0] = system + users[0]
     try:
         users = place_images(users, len(images))
     except ValueError as e:
         raise InputError(str(e)) from None
     return Conversation("request", list(images),
                         [(u, a) for u, (_, a) in zip(users, turns, strict=False)]
-                        + [(users[-1], "")])
+                        + [(users[-1], "")], system=system.removesuffix("\n"))
 
 
 def _message_text(content: Any, index: int) -> str:
@@ -131,12 +130,13 @@ class Engine:
     def max_seq_len(self) -> int:
         return self.model.config.language.max_seq_len
 
-    def encode(self, history: Sequence[Turn], question: str, images: Sequence[Any]) -> Prompt:
-        return Prompt(self.tokenizer.encode_prompt(history, question, self.model.image_tokens),
-                      list(images))
+    def encode(self, history: Sequence[Turn], question: str, images: Sequence[Any],
+               system: str = "") -> Prompt:
+        return Prompt(self.tokenizer.encode_prompt(history, question, self.model.image_tokens,
+                                                   system), list(images))
 
     def encode_conversation(self, conv: Conversation) -> Prompt:
-        return self.encode(conv.turns[:-1], conv.question, conv.images)
+        return self.encode(conv.turns[:-1], conv.question, conv.images, conv.system)
 
     def batch(self, prompts: Sequence[Prompt]) -> Batch:
         """A left-padded generation batch of `prompts`, in their order."""
@@ -219,13 +219,15 @@ class _Stream:
         self.tokenizer, self.stop, self.on_text = tokenizer, tuple(stop), on_text
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.done = [False] * rows
+        self.ends = {tokenizer.end_id, *getattr(tokenizer, "stop_ids", ()),
+                     *getattr(tokenizer, "end_ids", ())}
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         for row, token in enumerate(tokens.tolist()):
             if self.done[row]:
                 continue
             self.tokens[row].append(token)
-            if token == self.tokenizer.end_id:
+            if token in self.ends:
                 self.done[row] = True
                 continue
             text = self.tokenizer.decode_answer(self.tokens[row])

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tinyvlm.config import MODEL_MODULES, LanguageConfig, ModelConfig, MoEConfig, VisionConfig
+from tinyvlm.models import perception  # noqa: F401 - registers its connectors
 from tinyvlm.models.connectors import connector_class
 
 _DTYPE_BYTES = {"float32": 4, "fp32": 4, "float": 4, "bfloat16": 2, "bf16": 2, "float16": 2,

@@ -116,6 +116,38 @@ def check_model(config: ModelConfig, source: str | Path | None = None, key: str 
     hidden = config.connector.hidden_dim
     require([(hidden is None or hidden >= 1, "hidden_dim", ">= 1 or null", hidden)],
             f"{key}.connector", source)
+    vision, lang = config.vision, config.language
+    if config.connector.vlora is not None:
+        c = config.connector.vlora
+        require([(c.rank >= 1, "rank", ">= 1", c.rank),
+                 (c.alpha is None or (finite(c.alpha) and c.alpha > 0), "alpha", "> 0 or null",
+                  c.alpha),
+                 (bool(c.types) and set(c.types) <= set("qkvom")
+                  and len(set(c.types)) == len(c.types), "types",
+                  "distinct letters of q, k, v, o, m", c.types),
+                 (1 <= c.every <= lang.depth, "every", f"in 1..{lang.depth}", c.every),
+                 (c.dim >= 1 and c.heads >= 1 and c.dim % c.heads == 0, "heads",
+                  f"a divisor of dim ({c.dim})", c.heads),
+                 (c.depth >= 1, "depth", ">= 1", c.depth),
+                 (finite(c.mlp_ratio) and c.mlp_ratio > 0, "mlp_ratio", "> 0", c.mlp_ratio)],
+                f"{key}.connector.vlora", source)
+    if config.connector.prune is not None:
+        c = config.connector.prune
+        feature = vision.feature_layer % vision.depth if vision.depth else 0
+        require([(finite(c.keep) and c.keep > 0 and (c.keep <= 1 or float(c.keep).is_integer()),
+                  "keep", "a share in (0, 1] or a whole count", c.keep),
+                 (bool(c.layers) and all(-vision.depth <= i < vision.depth for i in c.layers)
+                  and all(i % vision.depth <= feature for i in c.layers), "layers",
+                  f"ViT layers up to the feature layer ({feature})", c.layers)],
+                f"{key}.connector.prune", source)
+    if config.connector.kind == "prune":
+        require([(vision.cls_token, "cls_token", "true: pruning ranks patches by [CLS] "
+                  "attention", vision.cls_token)], f"{key}.vision", source)
+    if lang.fastv is not None:
+        f = lang.fastv
+        require([(0 <= f.layer < lang.depth - 1, "layer", f"in 0..{lang.depth - 2}", f.layer),
+                 (finite(f.keep) and 0 < f.keep <= 1, "keep", "in (0, 1]", f.keep)],
+                f"{key}.language.fastv", source)
     if config.vision.moe is not None:
         config.vision.moe.check(config.vision.depth, source, f"{key}.vision.moe")
     if config.language.moe is not None:

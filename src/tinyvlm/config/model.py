@@ -179,9 +179,55 @@ class VisionConfig:
 
 
 @dataclass
+class VLoRAConfig:
+    """Perceptual weights (VLoRA): the image becomes low-rank deltas of the language model's
+    projections instead of visual tokens. Per weight type a generator of learned queries (one
+    per modified layer) attends to the image features and emits A (d_in x rank) per image;
+    B (rank x d_out) is learned per (type, layer) and starts at zero, so the model starts as
+    the text-only LM. The delta is scaled by alpha / rank."""
+
+    rank: int = 8
+    alpha: float | None = None  # None: rank (scale 1)
+    # q, k, v, o: those attention projections; m: a map from the FFN's input to its output.
+    types: str = "qkvom"
+    every: int = 1  # modify layers l with (l + 1) % every == 0
+    dim: int = 128  # generator width
+    depth: int = 2  # generator blocks (self-attention, cross-attention to the image, FFN)
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class PruneConfig:
+    """Visual-token pruning before the language model: keep the patches with the highest
+    [CLS] attention (FasterVLM: one layer; VTC-CLS: summed over several), in their original
+    order, optionally with the dropped ones averaged into one more token."""
+
+    keep: float = 0.25  # a share of the patches in (0, 1], or a count >= 1 when > 1
+    layers: list[int] = field(default_factory=lambda: [-1])  # ViT layers whose [CLS] attention
+    merge: bool = False
+
+    def count(self, patches: int) -> int:
+        """Patches kept of `patches`."""
+        n = round(self.keep * patches) if self.keep <= 1 else int(self.keep)
+        return max(1, min(patches, n))
+
+
+@dataclass
 class ConnectorConfig:
     kind: str = "mlp"  # a key of models.connectors.CONNECTORS
     hidden_dim: int | None = None  # None: the language model's width
+    vlora: VLoRAConfig | None = None  # settings of kind "vlora"
+    prune: PruneConfig | None = None  # settings of kind "prune"
+
+
+@dataclass
+class FastVConfig:
+    """FastV: after layer `layer` (0-based: the blocks after it see fewer tokens), keep the
+    image tokens the last prompt token attends to most (heads averaged), `keep` of them."""
+
+    layer: int = 2
+    keep: float = 0.5  # share of each row's image tokens kept, in (0, 1]
 
 
 @dataclass
@@ -218,6 +264,7 @@ class LanguageConfig:
     o_bias: bool = False
     head_size: int | None = None  # None: dim // heads
     rope_scaling: RopeScaling | None = None
+    fastv: FastVConfig | None = None  # image-token pruning inside the LM (inference only)
 
     @property
     def head_dim(self) -> int:
@@ -251,6 +298,9 @@ class ChatFormat:
     # template's eos_token ("" : end); user, assistant, unk and bos may then be "".
     template: str = ""
     eos: str = ""
+    # More tokens that end an answer when generated (the other eos ids of a checkpoint's
+    # generation_config.json, e.g. Llama 3's <|end_of_text|> beside <|eot_id|>).
+    stop: list[str] = field(default_factory=list)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -272,3 +322,4 @@ class ModelConfig:
     bos_token_id: int = 2
     image_token_id: int = 3
     eos_token_id: int = 6
+    stop_token_ids: list[int] = field(default_factory=list)  # more ids that end generation

@@ -30,6 +30,9 @@ class Conversation:
     turns: list[Turn]
     meta: list[dict[str, Any]] = field(default_factory=list)  # one entry per turn, if given
     source: str = ""  # "file:record" for error messages
+    # A system message: a chat template renders it as its own; the native format puts it
+    # before the first user message.
+    system: str = ""
 
     @property
     def question(self) -> str:

@@ -35,6 +35,8 @@ class Tokenizer:
         self.image_id, self.user_id = ids[self.chat.image], ids[self.chat.user]
         self.assistant_id, self.end_id = ids[self.chat.assistant], ids[self.chat.end]
         self.special_ids = frozenset(ids.values()) - {-1}
+        self.stop_ids = [i for t in self.chat.stop
+                         if (i := backend.token_to_id(t)) is not None and i != self.end_id]
 
     @staticmethod
     def create(backend: Backend, chat: ChatFormat | None = None) -> Tokenizer:
@@ -106,9 +108,8 @@ class Tokenizer:
     def decode_answer(self, ids: Sequence[int]) -> str:
         """Generated ids as text, up to (not including) the first end-of-turn token."""
         ids = list(ids)
-        if self.end_id in ids:
-            ids = ids[: ids.index(self.end_id)]
-        return self.decode(ids)
+        ends = [ids.index(t) for t in (self.end_id, *self.stop_ids) if t in ids]
+        return self.decode(ids[: min(ends)] if ends else ids)
 
     # ---------------------------------------------------------------- chat template
 
@@ -135,8 +136,15 @@ class Tokenizer:
             trainable += [False] * len(prompt) + [True] * len(reply)
         return ids, trainable
 
-    def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int) -> list[int]:
-        """Ids that end where the assistant's next answer begins."""
+    def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int,
+                      system: str = "") -> list[int]:
+        """Ids that end where the assistant's next answer begins; a system message goes
+        before the first user message (this format has no system role)."""
+        if system:
+            if history:
+                history = [(f"{system}\n{history[0][0]}", history[0][1]), *history[1:]]
+            else:
+                user = f"{system}\n{user}"
         ids, _ = self.encode_conversation(history, image_tokens)
         question = self.encode_user(user, image_tokens)
         return [*ids, self.user_id, *question, self.end_id, self.assistant_id]
@@ -171,10 +179,12 @@ class TemplateTokenizer(Tokenizer):
                 content.append({"type": "text", "text": piece.strip()})
         return {"role": role, "content": content}
 
-    def render(self, turns: Sequence[Turn], user: str | None = None) -> str:
+    def render(self, turns: Sequence[Turn], user: str | None = None, system: str = "") -> str:
         """The template's text for `turns` (and a last user message awaiting an answer)."""
         messages = [m for u, a in turns for m in (self._message("user", u),
                                                    self._message("assistant", a))]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
         if user is not None:
             messages.append(self._message("user", user))
         return chat_template.render(self.chat.template, messages, user is not None,
@@ -225,9 +235,10 @@ class TemplateTokenizer(Tokenizer):
                          else (len(prompt), stop + len(self.chat.end), True))
         return self._tokenize(text, spans, image_tokens)
 
-    def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int) -> list[int]:
+    def encode_prompt(self, history: Sequence[Turn], user: str, image_tokens: int,
+                      system: str = "") -> list[int]:
         # History answers are context here, as transformers renders them: no end added.
-        return self._tokenize(self.render(history, user), (), image_tokens)[0]
+        return self._tokenize(self.render(history, user, system), (), image_tokens)[0]
 
     def encode_user(self, text: str, image_tokens: int) -> list[int]:
         raise NotImplementedError("a chat template renders whole conversations")

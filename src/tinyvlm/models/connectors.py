@@ -24,6 +24,8 @@ class ConnectorCost:
     params: int
     flops_per_image: int  # 2 per multiply-accumulate
     tokens_per_image: int  # visual tokens it puts in the language model's sequence
+    # FLOPs it adds to every token the language model computes (weight deltas' paths)
+    lm_flops_per_token: int = 0
 
 
 class Connector(nn.Module):

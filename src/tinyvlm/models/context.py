@@ -54,13 +54,14 @@ class ForwardContext:
     task_ids: Tensor | None = None
     deltas: dict[str, LowRankDelta] = field(default_factory=dict)
     image_rows: Tensor | None = None
+    fastv: Any = None  # models.language.FastVState while a generation prunes image tokens
 
     def derive(self, token_mask: Tensor | None) -> ForwardContext:
         """The same context for another token layout (the vision encoder's patches, the new
         tokens of a cached decoding step): shares records, task ids and conditioning."""
         return ForwardContext(token_mask=token_mask, records=self.records,
                               task_ids=self.task_ids, deltas=self.deltas,
-                              image_rows=self.image_rows)
+                              image_rows=self.image_rows, fastv=self.fastv)
 
     def condition(self, conditioning: VisualConditioning | None,
                   image_rows: Tensor | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,24 +32,29 @@ class KVCache:
         self.shape = (batch, config.kv_heads, max_len, config.head_dim)
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
-        self.length = 0
+        # Filled tokens per layer: equal, except that layers after a FastV pruning hold fewer.
+        self.lengths = [0] * config.depth
         self.max_len = max_len
         self.depth = config.depth
 
+    @property
+    def length(self) -> int:
+        """Tokens seen (the first layer's, which is never pruned)."""
+        return self.lengths[0]
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new keys/values of `layer` after the filled part; return all of them."""
+        """Store the new keys/values of `layer` after its filled part; return all of them."""
         if not self.keys:
             self.keys = [k.new_zeros(self.shape) for _ in range(self.depth)]
             self.values = [v.new_zeros(self.shape) for _ in range(self.depth)]
-        end = self.length + k.shape[2]
+        start = self.lengths[layer]
+        end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} > {self.max_len} tokens")
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        self.lengths[layer] = end
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
 
     @property
     def nbytes(self) -> int:
@@ -85,6 +92,9 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
+        if ctx is not None and ctx.fastv is not None and ctx.fastv.layer == self.layer \
+                and ctx.fastv.scores is None:
+            ctx.fastv.scores = last_query_attention(q, k, mask, self.head_dim)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
@@ -115,6 +125,46 @@ class DecoderBlock(nn.Module):
         h = self.ffn_norm(x)
         # A connector's FFN delta maps the FFN's input to its output (VLoRA's "m" type).
         return x + with_delta(ctx, self.ffn_name, h, self.ffn(h, ctx))
+
+
+def last_query_attention(q: Tensor, k: Tensor, mask: Tensor | None, head_dim: int) -> Tensor:
+    """(B, keys): the last query's softmax attention over the keys, heads averaged (FastV's
+    ranking). One query: O(T) beside the attention itself."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q[:, :, -1:].float() @ k.float().transpose(-1, -2)) * head_dim**-0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, :, -1:], float("-inf"))
+    return scores.softmax(-1)[:, :, 0].mean(1)
+
+
+@dataclass
+class FastVState:
+    """FastV for one generation: the ranking captured at layer `layer` of the prefill, the
+    positions kept, and (with a cache) the attention mask of the pruned layers' cache."""
+
+    layer: int
+    keep_share: float
+    image_mask: Tensor  # (B, prompt length): image-token positions
+    scores: Tensor | None = None
+    keep: Tensor | None = None  # (B, prompt length) bool
+    pruned_mask: Tensor | None = None  # (B, kept length)
+    index: Tensor | None = None  # (B, kept length): prompt positions in the pruned layout
+
+    def select(self, attention_mask: Tensor | None) -> None:
+        """Keep, per row, the image tokens with the highest scores (`keep_share` of them) and
+        every other token."""
+        assert self.scores is not None
+        image = self.image_mask
+        scores = self.scores[:, : image.shape[1]].masked_fill(~image, float("-inf"))
+        keep = ~image.clone()
+        for row in range(image.shape[0]):
+            n = int(image[row].sum())
+            if n:
+                k = max(1, round(self.keep_share * n))
+                keep[row, scores[row].topk(k).indices] = True
+        if attention_mask is not None:
+            keep &= attention_mask[:, : image.shape[1]].bool()
+        self.keep = keep
 
 
 def attention_mask_for(
@@ -177,11 +227,52 @@ class LanguageModel(nn.Module):
         # Routed layers see the mask of the tokens computed now, not of the cached ones.
         ctx = ctx.derive(None if attention_mask is None
                          else attention_mask[:, past_len:].bool())
-        mask, causal = attention_mask_for(attention_mask, inputs_embeds.shape[1], past_len)
+        t = inputs_embeds.shape[1]
+        mask, causal = attention_mask_for(attention_mask, t, past_len)
         rope = self.rope(position_ids)
         x = inputs_embeds
-        for block in self.blocks:
+        fastv = ctx.fastv
+        for i, block in enumerate(self.blocks):
+            if fastv is not None and i == fastv.layer + 1:
+                x, rope, mask, causal, ctx = self._fastv(fastv, x, position_ids, attention_mask,
+                                                         past_len, cache, ctx)
             x = block(x, rope, mask, causal, cache, ctx)
-        if cache is not None:
-            cache.advance(inputs_embeds.shape[1])
         return self.norm(x)
+
+    def _fastv(self, state: FastVState, x: Tensor, position_ids: Tensor,
+               attention_mask: Tensor | None, past_len: int, cache: KVCache | None,
+               ctx: ForwardContext) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, bool,
+                                             ForwardContext]:
+        """The inputs of the layers after FastV's: without a cache, the dropped image tokens
+        are masked out as keys (their own rows are computed but never read); with a cache, the
+        prefill drops them and the later layers' cache holds only the kept tokens."""
+        b, t = x.shape[:2]
+        prompt = state.image_mask.shape[1]
+        if state.keep is None:
+            state.select(attention_mask)
+        assert state.keep is not None
+        full = attention_mask.bool() if attention_mask is not None else \
+            torch.ones(b, past_len + t, dtype=torch.bool, device=x.device)
+        if cache is None:
+            keys = full.clone()
+            keys[:, :prompt] &= state.keep
+            mask, causal = attention_mask_for(keys, t, past_len)
+            return x, self.rope(position_ids), mask, causal, ctx
+        if past_len == 0:  # the prefill: gather the kept tokens, right-aligned (left padding)
+            kept = state.keep
+            width = int(kept.sum(1).max())
+            index = torch.zeros(b, width, dtype=torch.long, device=x.device)
+            real = torch.zeros(b, width, dtype=torch.bool, device=x.device)
+            for row in range(b):
+                pos = kept[row].nonzero().squeeze(1)
+                index[row, width - len(pos):] = pos
+                real[row, width - len(pos):] = True
+            state.index, state.pruned_mask = index, real
+            x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+            positions = position_ids.gather(1, index)
+            mask, causal = attention_mask_for(real, width, 0)
+            return x, self.rope(positions), mask, causal, ctx.derive(real)
+        assert state.pruned_mask is not None
+        keys = torch.cat([state.pruned_mask, full[:, prompt:]], dim=1)
+        mask, causal = attention_mask_for(keys, t, keys.shape[1] - t)
+        return x, self.rope(position_ids), mask, causal, ctx

@@ -27,7 +27,8 @@ from tinyvlm.io import (
 )
 from tinyvlm.models.connectors import build_connector
 from tinyvlm.models.context import ForwardContext, VisualConditioning
-from tinyvlm.models.language import KVCache, LanguageModel
+from tinyvlm.models.language import FastVState, KVCache, LanguageModel
+from tinyvlm.models.perception import PruneProjector
 from tinyvlm.models.vision import VisionEncoder, VisionOutput
 from tinyvlm.schema import from_dict, to_dict
 
@@ -52,6 +53,8 @@ class TinyVLM(nn.Module):
         self.tokenizer = tokenizer
         self.vision = VisionEncoder(config.vision)
         self.connector = build_connector(config.connector, config.vision, config.language)
+        if isinstance(self.connector, PruneProjector):  # it ranks patches by [CLS] attention
+            self.vision.cls_layers |= set(self.connector.layers)
         self.language = LanguageModel(config.language)
 
     @classmethod
@@ -61,6 +64,7 @@ class TinyVLM(nn.Module):
         config.chat = tokenizer.chat
         config.pad_token_id, config.bos_token_id = tokenizer.pad_id, tokenizer.bos_id
         config.image_token_id, config.eos_token_id = tokenizer.image_id, tokenizer.end_id
+        config.stop_token_ids = list(tokenizer.stop_ids)
         return cls(config, tokenizer)
 
     @property
@@ -160,11 +164,17 @@ class TinyVLM(nn.Module):
             raise ValueError(f"{t} prompt tokens + {max_new_tokens} new tokens exceed "
                              f"max_seq_len {self.config.language.max_seq_len}")
         ctx = ForwardContext()
+        fastv = self.config.language.fastv
+        if fastv is not None:  # prunes image tokens after layer fastv.layer (inference only)
+            ctx.fastv = FastVState(fastv.layer, fastv.keep,
+                                   input_ids == self.config.image_token_id)
         embeds, _ = self.condition(input_ids, pixel_values, image_rows, ctx)
         positions = positions_from_mask(attention_mask, input_ids.shape, input_ids.device)
         cache = KVCache(self.config.language, b, t + max_new_tokens) if use_cache else None
         hidden = self.language(embeds, positions, attention_mask, cache, ctx)
-        eos, pad = self.config.eos_token_id, self.config.pad_token_id
+        pad = self.config.pad_token_id
+        stops = torch.tensor([self.config.eos_token_id, *self.config.stop_token_ids],
+                             device=input_ids.device)
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
         for step in range(max_new_tokens):
@@ -172,7 +182,7 @@ class TinyVLM(nn.Module):
             token = sample(self.language.lm_head(hidden[:, -1]).float(), temperature, top_p,
                            generator).masked_fill(finished, pad)
             new_tokens.append(token)
-            finished |= token == eos
+            finished |= torch.isin(token, stops)
             if on_step is not None and (stop := on_step(token)) is not None:
                 finished |= stop.to(finished.device)
             if bool(finished.all()) or step == max_new_tokens - 1:

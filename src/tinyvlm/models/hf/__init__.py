@@ -40,6 +40,7 @@ def _ids(config: ModelConfig, tokenizer: Tokenizer) -> None:
     config.chat = tokenizer.chat
     config.pad_token_id, config.bos_token_id = tokenizer.pad_id, tokenizer.bos_id
     config.image_token_id, config.eos_token_id = tokenizer.image_id, tokenizer.end_id
+    config.stop_token_ids = list(tokenizer.stop_ids)
 
 
 def _build(config: ModelConfig, tokenizer: Tokenizer, state: dict[str, torch.Tensor],
@@ -59,7 +60,7 @@ def import_model(directory: str | Path) -> TinyVLM:
                          "one with --vision DIR --language DIR", directory / "config.json")
     config, vfam, lfam = llava.model_config(hf, directory / "config.json")
     config.vision.preprocess = processor.read_preprocess(directory, config.vision)
-    image_id = hf.get("image_token_id", hf.get("image_token_index"))
+    image_id = hf.get("image_token_id", hf.get("image_token_index", 32000))
     tokenizer = load_tokenizer(directory)
     image_token = tokenizer.backend.id_to_token(image_id) if image_id is not None else None
     if image_token is None:

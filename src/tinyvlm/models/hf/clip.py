@@ -23,27 +23,34 @@ ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_t
 ACT_NAMES = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
+# transformers' defaults: config.json files saved by earlier versions leave them out.
+DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "hidden_act": "quick_gelu", "image_size": 224,
+            "patch_size": 32, "num_channels": 3, "layer_norm_eps": 1e-5}
+
+
 def tower_config(hf: dict[str, Any], where: Any) -> dict[str, Any]:
     """The vision settings of a CLIP(Vision) or SigLIP(Vision) config.json."""
     return hf.get("vision_config", hf) if hf.get("model_type") in ("clip", "siglip") else hf
 
 
-def base_config(v: dict[str, Any], where: Any, **extra: Any) -> VisionConfig:
-    act = v.get("hidden_act", "quick_gelu")
+def base_config(v: dict[str, Any], defaults: dict[str, Any], where: Any, **extra: Any
+                ) -> VisionConfig:
+    v = {**defaults, **{k: x for k, x in v.items() if x is not None}}
+    act = v["hidden_act"]
     require(act in ACTS, f"vision hidden_act {act!r} is not supported (known: {sorted(ACTS)})",
             where)
-    dim = v.get("hidden_size", 768)
+    dim = v["hidden_size"]
     return VisionConfig(
-        image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
-        channels=v.get("num_channels", 3), dim=dim, depth=v.get("num_hidden_layers", 12),
-        heads=v.get("num_attention_heads", 12), mlp_dim=v.get("intermediate_size", 3072),
-        mlp_ratio=v.get("intermediate_size", 3072) / dim,
-        norm_eps=v.get("layer_norm_eps", 1e-5), act=ACTS[act], position="learned",
+        image_size=v["image_size"], patch_size=v["patch_size"], channels=v["num_channels"],
+        dim=dim, depth=v["num_hidden_layers"], heads=v["num_attention_heads"],
+        mlp_dim=v["intermediate_size"], mlp_ratio=v["intermediate_size"] / dim,
+        norm_eps=v["layer_norm_eps"], act=ACTS[act], position="learned",
         cls_attention_layers=[-1], feature_norm=False, **extra)
 
 
 def vision_config(hf: dict[str, Any], where: Any) -> VisionConfig:
-    return base_config(tower_config(hf, where), where, cls_token=True, pre_norm=True,
+    return base_config(tower_config(hf, where), DEFAULTS, where, cls_token=True, pre_norm=True,
                        feature_layer=-2)
 
 

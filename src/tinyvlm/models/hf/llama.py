@@ -50,12 +50,49 @@ def export_rope(cfg: LanguageConfig) -> dict[str, Any]:
     return {"rope_parameters": params}
 
 
+# transformers' defaults per family: config.json files saved by earlier versions (the hub's
+# LLaVA checkpoints among them) leave them out.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+              "num_hidden_layers": 32, "num_attention_heads": 32,
+              "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "sliding_window": 4096},
+    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 10000.0},
+    "mixtral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+                "rope_theta": 1e6, "num_local_experts": 8, "num_experts_per_tok": 2,
+                "router_aux_loss_coef": 0.001},
+    "qwen2_moe": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+                  "num_hidden_layers": 24, "num_attention_heads": 16,
+                  "num_key_value_heads": 16, "max_position_embeddings": 32768,
+                  "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "num_experts": 60,
+                  "num_experts_per_tok": 4, "moe_intermediate_size": 1408,
+                  "shared_expert_intermediate_size": 5632, "norm_topk_prob": False,
+                  "decoder_sparse_step": 1, "router_aux_loss_coef": 0.001},
+}
+
+
+def with_defaults(hf: dict[str, Any]) -> dict[str, Any]:
+    """The config with its family's defaults for every key it leaves out."""
+    return {**DEFAULTS.get(hf.get("model_type", "llama"), DEFAULTS["llama"]),
+            **{k: v for k, v in hf.items() if v is not None}}
+
+
 def lm_config(hf: dict[str, Any], where: Any, qkv_bias: bool | None = None) -> LanguageConfig:
+    hf = with_defaults(hf)
     act = hf.get("hidden_act", "silu")
     require(act == "silu", f"hidden_act {act!r}: only SwiGLU (silu) FFNs are supported", where)
     require(not hf.get("mlp_bias", False), "mlp_bias: true is not supported", where)
-    require(not hf.get("use_sliding_window", False) or not hf.get("sliding_window"),
-            "sliding-window attention is not supported", where)
+    # A sliding window (Mistral) changes nothing for sequences that fit in it: the model's
+    # max_seq_len is capped there. Qwen2 uses one only with use_sliding_window.
+    window = hf.get("sliding_window") if hf.get("model_type") not in ("qwen2", "qwen2_moe") \
+        or hf.get("use_sliding_window") else None
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     head = hf.get("head_dim") or dim // heads
     theta, scaling = rope(hf, where)
@@ -63,7 +100,7 @@ def lm_config(hf: dict[str, Any], where: Any, qkv_bias: bool | None = None) -> L
     return LanguageConfig(
         vocab_size=hf["vocab_size"], dim=dim, depth=hf["num_hidden_layers"], heads=heads,
         kv_heads=hf.get("num_key_value_heads") or heads, ffn_dim=hf.get("intermediate_size"),
-        max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=theta,
+        max_seq_len=min(hf["max_position_embeddings"], window or 1 << 62), rope_theta=theta,
         rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=bias if qkv_bias is None else qkv_bias, o_bias=bias,

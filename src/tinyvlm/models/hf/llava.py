@@ -81,8 +81,17 @@ def feature_layer(layer: Any, depth: int, where: Any) -> int:
     return block
 
 
+# LlavaConfig's tower when config.json names none (LLaVA-1.5's CLIP ViT-L/14 at 336 px).
+LLAVA_VISION = {"model_type": "clip_vision_model", "hidden_size": 1024,
+                "intermediate_size": 4096, "patch_size": 14, "image_size": 336,
+                "num_hidden_layers": 24, "num_attention_heads": 16}
+
+
 def model_config(hf: dict[str, Any], where: Any) -> tuple[ModelConfig, Any, Any]:
-    vcfg_raw, tcfg_raw = hf.get("vision_config") or {}, hf.get("text_config") or {}
+    # Older config.json files leave defaults out, the nested model types included.
+    vcfg_raw = hf.get("vision_config") or dict(LLAVA_VISION)
+    vcfg_raw = {"model_type": "clip_vision_model", **vcfg_raw}
+    tcfg_raw = {"model_type": "llama", **(hf.get("text_config") or {})}
     vfam, lfam = vision_family(vcfg_raw, where), language_family(tcfg_raw, where)
     vision = vfam.vision_config(vcfg_raw, where)
     vision.feature_layer = feature_layer(hf.get("vision_feature_layer", -2), vision.depth, where)
@@ -152,8 +161,8 @@ def export_families(config: ModelConfig) -> tuple[Any, Any]:
         problems.append(f"its vision tower is neither a CLIP one ({why_clip}) nor a SigLIP one "
                         f"({why_siglip})")
     lang = config.language
-    if lang.moe is None:
-        lfam = llama if not lang.qkv_bias else qwen2
+    if lang.moe is None:  # Qwen2 biases q/k/v only; Llama all four or none
+        lfam = qwen2 if lang.qkv_bias and not lang.o_bias else llama
     else:
         lfam = mixtral if mixtral.exportable(lang) is None else qwen2_moe
     why = lfam.exportable(lang)

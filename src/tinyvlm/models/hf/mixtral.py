@@ -15,6 +15,7 @@ from tinyvlm.models.hf.common import Weights
 
 
 def lm_config(hf: dict[str, Any], where: Any) -> LanguageConfig:
+    hf = llama.with_defaults(hf)
     cfg = llama.lm_config(hf, where)
     cfg.moe = MoEConfig(experts=hf["num_local_experts"], top_k=hf.get("num_experts_per_tok", 2),
                         layers="all", hidden_dim=hf["intermediate_size"], normalize_gates=True,

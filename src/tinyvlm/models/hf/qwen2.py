@@ -9,7 +9,7 @@ from tinyvlm.models.hf import llama
 
 
 def lm_config(hf: dict[str, Any], where: Any) -> LanguageConfig:
-    return llama.lm_config(hf, where, qkv_bias=True)
+    return llama.lm_config({"model_type": "qwen2", **hf}, where, qkv_bias=True)
 
 
 def exportable(cfg: LanguageConfig) -> str | None:

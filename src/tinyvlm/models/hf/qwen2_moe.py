@@ -18,6 +18,7 @@ from tinyvlm.models.hf.mixtral import common_moe_check
 
 
 def sparse_layers(hf: dict[str, Any]) -> list[int]:
+    hf = llama.with_defaults(hf)
     step = hf.get("decoder_sparse_step", 1)
     dense = set(hf.get("mlp_only_layers") or [])
     if not hf.get("num_experts") or step < 1:
@@ -26,6 +27,7 @@ def sparse_layers(hf: dict[str, Any]) -> list[int]:
 
 
 def lm_config(hf: dict[str, Any], where: Any) -> LanguageConfig:
+    hf = llama.with_defaults(hf)
     cfg = llama.lm_config(hf, where, qkv_bias=bool(hf.get("qkv_bias", True)))
     layers = sparse_layers(hf)
     if layers:

@@ -24,10 +24,14 @@ from tinyvlm.models.hf.clip import (
 )
 from tinyvlm.models.hf.common import Weights, require
 
+DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "hidden_act": "gelu_pytorch_tanh", "image_size": 224,
+            "patch_size": 16, "num_channels": 3, "layer_norm_eps": 1e-6}
+
 
 def vision_config(hf: dict[str, Any], where: Any) -> VisionConfig:
-    return base_config(tower_config(hf, where), where, cls_token=False, pre_norm=False,
-                       feature_layer=-1)
+    return base_config(tower_config(hf, where), DEFAULTS, where, cls_token=False,
+                       pre_norm=False, feature_layer=-1)
 
 
 def import_vision(w: Weights, cfg: VisionConfig) -> dict[str, Tensor]:

@@ -76,12 +76,43 @@ def load_tokenizer(directory: Path, image_token: str | None = None,
     pad = _token(config.get("pad_token"))
     bos = _token(config.get("bos_token"))
     unk = _token(config.get("unk_token"))
+    end, stop = answer_end(directory, backend, template, eos, bos)
     def known(token: str) -> str:
         return token if token and backend.token_to_id(token) is not None else ""
 
     chat = ChatFormat(bos=known(bos), pad=known(pad) or eos, unk=known(unk), image=image,
-                      user="", assistant="", end=eos, template=template, eos=eos)
+                      user="", assistant="", end=end, template=template, eos=eos, stop=stop)
     return Tokenizer.create(backend, chat)
+
+
+def answer_end(directory: Path, backend: Backend, template: str, eos: str, bos: str
+               ) -> tuple[str, list[str]]:
+    """(the token that ends an answer, the other tokens that end generation). The candidates
+    are the tokenizer's eos and generation_config.json's eos ids; the end is the one the
+    template writes after an assistant message (Llama 3: <|eot_id|>, not <|end_of_text|>)."""
+    from tinyvlm.data import chat_template
+
+    candidates = [eos]
+    gen = directory / "generation_config.json"
+    if gen.is_file():
+        ids = read_json(gen).get("eos_token_id")
+        for i in ids if isinstance(ids, list) else [ids] if ids is not None else []:
+            token = backend.id_to_token(int(i))
+            if token is not None and token not in candidates:
+                candidates.append(token)
+    messages = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+    if chat_template.uses_content_parts(template):
+        messages = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
+                    for m in messages]
+    try:
+        text = chat_template.render(template, messages, False,
+                                    {"bos_token": bos, "eos_token": eos})
+    except InputError:
+        text = ""
+    after = text[text.rfind("pong") + 4:] if "pong" in text else ""
+    found = sorted((after.find(t), t) for t in candidates if t and t in after)
+    end = found[0][1] if found else eos
+    return end, [t for t in candidates if t != end]
 
 
 def tokenizer_files(tokenizer: Tokenizer) -> dict[str, Any]:
