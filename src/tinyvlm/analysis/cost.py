@@ -162,46 +162,73 @@ def language_params(lang: LanguageConfig) -> Params:
     return total
 
 
-def _linear_flops_per_token(lang: LanguageConfig) -> int:
-    """Weight matmuls of every block for one token (no attention scores, no logits)."""
+def _layer_linear_flops(lang: LanguageConfig, layer: int) -> int:
+    """Weight matmuls of one block for one token (no attention scores)."""
     d, f = lang.dim, lang.hidden_ffn_dim
     experts = _moe_layers(lang.moe, lang.depth)
-    flops = 0
-    for layer in range(lang.depth):
-        flops += 2 * _attention_weights(lang)
-        if layer in experts:
-            assert lang.moe is not None
-            flops += moe_flops_per_token(d, f, lang.moe, experts[layer])
-        else:
-            flops += 2 * 3 * d * f
-    return flops
+    flops = 2 * _attention_weights(lang)
+    if layer in experts:
+        assert lang.moe is not None
+        return flops + moe_flops_per_token(d, f, lang.moe, experts[layer])
+    return flops + 2 * 3 * d * f
 
 
-def _attention_flops(lang: LanguageConfig, keys: int) -> int:
+def _linear_flops_per_token(lang: LanguageConfig) -> int:
+    """Weight matmuls of every block for one token (no attention scores, no logits)."""
+    return sum(_layer_linear_flops(lang, layer) for layer in range(lang.depth))
+
+
+def _attention_flops(lang: LanguageConfig, keys: int, layers: int | None = None) -> int:
     """Scores (q.k) and weighted values for one query over `keys` keys, every layer."""
-    return lang.depth * 2 * 2 * lang.heads * lang.head_dim * keys
+    return (lang.depth if layers is None else layers) * 2 * 2 * lang.heads * lang.head_dim * keys
 
 
 def _logits_flops(lang: LanguageConfig) -> int:
     return 2 * lang.dim * _vocab(lang)
 
 
-def prefill_flops(lang: LanguageConfig, prompt_len: int) -> int:
+def _split(lang: LanguageConfig, dropped: int) -> tuple[int, int]:
+    """(layers that see every token, layers after FastV's that miss `dropped` of them)."""
+    if lang.fastv is None or dropped <= 0:
+        return lang.depth, 0
+    return lang.fastv.layer + 1, lang.depth - lang.fastv.layer - 1
+
+
+def fastv_dropped(config: ModelConfig, images: int = 1) -> int:
+    """Image tokens FastV drops from the later layers for `images` images."""
+    if config.language.fastv is None:
+        return 0
+    tokens = _connector(config)[2]
+    return images * (tokens - max(1, round(config.language.fastv.keep * tokens))) \
+        if tokens else 0
+
+
+def prefill_flops(lang: LanguageConfig, prompt_len: int, dropped: int = 0,
+                  extra_per_token: int = 0) -> int:
     """FLOPs of the causal forward over a `prompt_len`-token prompt, logits for the last
-    position only."""
+    position only; with FastV the layers after its layer see `dropped` tokens fewer, and a
+    connector's weight deltas add `extra_per_token` to every token."""
     if prompt_len < 1:
         raise ValueError("prompt_len must be >= 1")
-    keys = prompt_len * (prompt_len + 1) // 2  # position t (1-based) attends to t keys
-    return (prompt_len * _linear_flops_per_token(lang) + _attention_flops(lang, keys)
-            + _logits_flops(lang))
+    full, later = _split(lang, dropped)
+    short = prompt_len - dropped if later else prompt_len
+    flops = prompt_len * sum(_layer_linear_flops(lang, i) for i in range(full))
+    flops += short * sum(_layer_linear_flops(lang, i) for i in range(full, lang.depth))
+    flops += _attention_flops(lang, prompt_len * (prompt_len + 1) // 2, full)
+    flops += _attention_flops(lang, short * (short + 1) // 2, later)
+    return flops + _logits_flops(lang) + prompt_len * extra_per_token
 
 
-def decode_flops(lang: LanguageConfig, context_len: int) -> int:
-    """FLOPs of one decoding step whose token attends to `context_len` keys (itself included)."""
+def decode_flops(lang: LanguageConfig, context_len: int, dropped: int = 0,
+                 extra_per_token: int = 0) -> int:
+    """FLOPs of one decoding step whose token attends to `context_len` keys (itself
+    included; `dropped` fewer in the layers after FastV's)."""
     if context_len < 1:
         raise ValueError("context_len must be >= 1")
-    return (_linear_flops_per_token(lang) + _attention_flops(lang, context_len)
-            + _logits_flops(lang))
+    full, later = _split(lang, dropped)
+    return (_linear_flops_per_token(lang) + _attention_flops(lang, context_len, full)
+            + _attention_flops(lang, context_len - dropped, later) + _logits_flops(lang)
+            + extra_per_token)
 
 
 # --------------------------------------------------------------------------- KV cache
@@ -217,10 +244,13 @@ def dtype_bytes(dtype: Any) -> int:
     return _DTYPE_BYTES[name]
 
 
-def kv_cache_bytes(lang: LanguageConfig, batch: int, length: int, dtype: Any = "float32") -> int:
+def kv_cache_bytes(lang: LanguageConfig, batch: int, length: int, dtype: Any = "float32",
+                   dropped: int = 0) -> int:
     """Keys and values of every layer for `batch` sequences of `length` tokens (the KVCache
-    preallocates exactly this for its max_len)."""
-    return 2 * lang.depth * batch * lang.kv_heads * length * lang.head_dim * dtype_bytes(dtype)
+    preallocates this for its max_len); with FastV the later layers hold `dropped` fewer."""
+    full, later = _split(lang, dropped)
+    tokens = full * length + later * (length - dropped)
+    return 2 * batch * lang.kv_heads * tokens * lang.head_dim * dtype_bytes(dtype)
 
 
 # --------------------------------------------------------------------------- summary
@@ -256,11 +286,14 @@ def efficiency(config: ModelConfig, prompt_len: int | None = None,
     """
     lang = config.language
     split = parameter_split(config)
-    _, connector_flops, tokens = _connector(config)
+    conn = connector_class(config.connector.kind).cost(config)
+    connector_flops, tokens, extra = conn.flops_per_image, conn.tokens_per_image, \
+        conn.lm_flops_per_token
     prompt_len = prompt_len or min(tokens + 32, lang.max_seq_len)
     context_len = context_len or prompt_len + 1
     kv_len = kv_len or min(prompt_len + 32, lang.max_seq_len)
-    prefill = prefill_flops(lang, prompt_len)
+    dropped = min(fastv_dropped(config), prompt_len - 1)
+    prefill = prefill_flops(lang, prompt_len, dropped, extra)
     return {
         "total_params": split.total,
         "activated_params": split.activated,
@@ -270,13 +303,13 @@ def efficiency(config: ModelConfig, prompt_len: int | None = None,
         "prefill_flops": prefill,
         "prefill_flops_per_token": prefill / prompt_len,
         "decode_context": context_len,
-        "decode_flops_per_token": decode_flops(lang, context_len),
+        "decode_flops_per_token": decode_flops(lang, context_len, dropped, extra),
         "vision_flops_per_image": vision_flops_per_image(config.vision),
         "connector_flops_per_image": connector_flops,
         "kv_cache_tokens": kv_len,
         "kv_cache_batch": batch,
         "kv_cache_dtype": str(dtype).removeprefix("torch."),
-        "kv_cache_bytes": kv_cache_bytes(lang, batch, kv_len, dtype),
+        "kv_cache_bytes": kv_cache_bytes(lang, batch, kv_len, dtype, dropped),
     }
 
 

@@ -1,0 +1,220 @@
+"""Cheaper perception: VLoRA perceptual weights, [CLS]-guided pruning and FastV, each checked
+against an invariant (the text-only model, one-by-one runs, the unpruned model, a hand-picked
+ranking, cached against uncached generation)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tinyvlm.analysis.cost import efficiency, parameter_split
+from tinyvlm.config import (
+    ConnectorConfig,
+    FastVConfig,
+    MoEConfig,
+    PruneConfig,
+    VLoRAConfig,
+)
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.models.context import ForwardContext
+from tinyvlm.models.perception import PruneProjector, merged
+from tinyvlm.models.vision import VisionOutput
+from tinyvlm.models.vlm import TinyVLM
+
+from .conftest import tiny_model_config
+
+
+def build(tokenizer: Tokenizer, connector: ConnectorConfig | None = None,
+          fastv: FastVConfig | None = None, moe: MoEConfig | None = None,
+          randomise_b: bool = False) -> TinyVLM:
+    cfg = tiny_model_config()
+    cfg.language.moe = moe
+    cfg.vision.patch_size = 4  # 64 patches
+    cfg.language.max_seq_len = 256
+    if connector is not None:
+        cfg.connector = connector
+    cfg.language.fastv = fastv
+    torch.manual_seed(0)
+    model = TinyVLM.from_tokenizer(cfg, tokenizer).eval()
+    if randomise_b and cfg.connector.kind == "vlora":
+        with torch.no_grad():
+            for b in model.connector.b.values():
+                b.normal_(0, 0.05)
+    return model
+
+
+VLORA = ConnectorConfig(kind="vlora", vlora=VLoRAConfig(rank=4, dim=32, heads=4, depth=1))
+
+
+def prompt(model: TinyVLM, text: str = "<image>\nwhat colour is the circle?") -> torch.Tensor:
+    return torch.tensor([model.tokenizer.encode_prompt([], text, model.image_tokens)])
+
+
+def test_vlora_puts_no_visual_token_and_starts_as_the_text_only_model(tokenizer) -> None:
+    model = build(tokenizer, VLORA)
+    assert model.image_tokens == 0
+    ids = prompt(model)
+    assert int((ids == model.config.image_token_id).sum()) == 0
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        with_image = model(ids, pixel_values=pixels, image_rows=torch.tensor([0])).logits
+        text_only = model(ids).logits
+    assert torch.equal(with_image, text_only)  # B = 0: the deltas are exactly zero
+
+
+def test_vlora_deltas_are_per_sample_and_merge_exactly(tokenizer) -> None:
+    model = build(tokenizer, VLORA, randomise_b=True)
+    ids = prompt(model).expand(3, -1)
+    pixels = torch.randn(3, 3, 32, 32)
+    rows = torch.arange(3)
+    with torch.no_grad():
+        batched = model(ids, pixel_values=pixels, image_rows=rows).logits
+        single = [model(ids[:1], pixel_values=pixels[i:i + 1],
+                        image_rows=torch.tensor([0])).logits for i in range(3)]
+        assert not torch.allclose(single[0], single[1])  # the image matters
+        for i in range(3):
+            torch.testing.assert_close(batched[i:i + 1], single[i], atol=1e-5, rtol=1e-5)
+        # One image: merged weights give the per-sample path's logits; un-merging restores
+        # every weight bit for bit.
+        before = copy.deepcopy(model.state_dict())
+        cond, _ = model.encode_images(pixels[:1])
+        with merged(model, cond) as rest:
+            assert set(rest) == {n for n in cond.deltas if n.endswith(".ffn")}
+            ctx = ForwardContext()
+            cond.deltas = rest
+            embeds, _ = model.condition(ids[:1], None, torch.tensor([0]), ctx, cond)
+            hidden = model.language(embeds, torch.arange(ids.shape[1])[None], None, None, ctx)
+            merged_logits = model.language.lm_head(hidden)
+        torch.testing.assert_close(merged_logits, single[0], atol=1e-5, rtol=1e-5)
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_vlora_gradients_reach_the_generator(tokenizer) -> None:
+    model = build(tokenizer, VLORA, randomise_b=True).train()
+    ids = prompt(model)
+    out = model(ids, pixel_values=torch.randn(1, 3, 32, 32), image_rows=torch.tensor([0]))
+    out.logits.square().mean().backward()
+    gen = model.connector.generators["q"]
+    assert gen.head.weight.grad is not None and gen.head.weight.grad.abs().sum() > 0
+    assert model.connector.proj.weight.grad.abs().sum() > 0
+    # k/v deltas are sized for grouped-query attention.
+    lang = model.config.language
+    assert model.connector.b["k"].shape[-1] == lang.kv_heads * lang.head_dim
+    assert model.connector.b["q"].shape[-1] == lang.heads * lang.head_dim
+
+
+def test_vlora_rows_without_an_image_get_no_delta(tokenizer) -> None:
+    model = build(tokenizer, VLORA, randomise_b=True)
+    text = torch.tensor([model.tokenizer.encode_prompt([], "what colour?", 0)])
+    ids = torch.cat([text, text])
+    with torch.no_grad():
+        mixed = model(ids, pixel_values=torch.randn(1, 3, 32, 32),
+                      image_rows=torch.tensor([1])).logits
+        plain = model(ids).logits  # the same batch without any image
+    torch.testing.assert_close(mixed[:1], plain[:1], atol=0, rtol=0)
+    assert not torch.allclose(mixed[1:], plain[1:])
+
+
+def test_prune_keeps_the_top_k_in_their_order(tokenizer) -> None:
+    model = build(tokenizer, ConnectorConfig(kind="prune", prune=PruneConfig(keep=0.25)))
+    conn = model.connector
+    assert isinstance(conn, PruneProjector) and conn.keep == 16 and model.image_tokens == 16
+    patches = torch.randn(2, 64, 32)
+    scores = torch.rand(2, 64)
+    attn = scores[:, None].expand(-1, 2, -1)  # two heads, averaged: the same scores
+    out = VisionOutput(patches=patches, cls=patches[:, 0],
+                       cls_attention={i: attn for i in range(2)})
+    idx = conn.select(out)
+    for row in range(2):
+        expected = sorted(scores[row].topk(16).indices.tolist())
+        assert idx[row].tolist() == expected
+    tokens = conn(out).tokens
+    torch.testing.assert_close(tokens, conn.fc2(conn.act(conn.fc1(
+        patches.gather(1, idx[..., None].expand(-1, -1, 32))))))
+    merge = build(tokenizer, ConnectorConfig(kind="prune", prune=PruneConfig(keep=16,
+                                                                             merge=True)))
+    assert merge.image_tokens == 17
+
+
+def test_prune_uses_the_mlp_models_weights(tokenizer) -> None:
+    """Training-free pruning: an mlp model's weights load into a prune connector."""
+    mlp = build(tokenizer)
+    pruned = build(tokenizer, ConnectorConfig(kind="prune", prune=PruneConfig(keep=0.5)))
+    pruned.load_state_dict(mlp.state_dict())
+    ids = prompt(pruned)
+    assert int((ids == pruned.config.image_token_id).sum()) == 32
+    with torch.no_grad():
+        out = pruned.generate(ids, pixel_values=torch.randn(1, 3, 32, 32), max_new_tokens=4)
+    assert out.shape[0] == 1
+
+
+def test_fastv_keep_all_equals_the_unpruned_model(tokenizer) -> None:
+    plain = build(tokenizer)
+    keep_all = build(tokenizer, fastv=FastVConfig(layer=0, keep=1.0))
+    ids = prompt(plain)
+    pixels = torch.randn(1, 3, 32, 32)
+    a = plain.generate(ids, pixel_values=pixels, max_new_tokens=6)
+    b = keep_all.generate(ids, pixel_values=pixels, max_new_tokens=6)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "prune", "vlora", "fastv", "fastv-moe"])
+def test_cached_and_uncached_generation_agree(kind: str, tokenizer) -> None:
+    connector = {"prune": ConnectorConfig(kind="prune", prune=PruneConfig(keep=0.25)),
+                 "vlora": VLORA}.get(kind)
+    fastv = FastVConfig(layer=0, keep=0.25) if kind.startswith("fastv") else None
+    moe = MoEConfig(experts=4, top_k=2, layers="all") if kind == "fastv-moe" else None
+    model = build(tokenizer, connector, fastv, moe, randomise_b=True)
+    tok = model.tokenizer
+    # A left-padded batch of two prompts of different lengths, one image each.
+    rows = [tok.encode_prompt([], "<image>\nwhat colour is the circle?", model.image_tokens),
+            tok.encode_prompt([], "<image>\nhow many?", model.image_tokens)]
+    from tinyvlm.data.collate import Batch
+
+    batch = Batch.from_rows(rows, tok.pad_id, pixel_values=torch.randn(2, 3, 32, 32),
+                            images_per_row=[1, 1], side="left")
+    kw = {"pixel_values": batch.pixel_values, "image_rows": batch.image_rows,
+          "max_new_tokens": 8}
+    cached = model.generate(batch.input_ids, batch.attention_mask, **kw)
+    uncached = model.generate(batch.input_ids, batch.attention_mask, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)
+    # Each row as it would be alone.
+    for row in range(2):
+        alone = model.generate(torch.tensor([rows[row]]), pixel_values=batch.pixel_values[row:row + 1],
+                               image_rows=torch.tensor([0]), max_new_tokens=8)
+        assert alone[0].tolist() == cached[row, : alone.shape[1]].tolist()
+
+
+def test_fastv_drops_image_tokens_from_later_layers_cache(tokenizer) -> None:
+    model = build(tokenizer, fastv=FastVConfig(layer=0, keep=0.25))
+    ids = prompt(model)
+    n_img = int((ids == model.config.image_token_id).sum())
+    from tinyvlm.models.language import FastVState, KVCache
+
+    cache = KVCache(model.config.language, 1, ids.shape[1] + 4)
+    ctx = ForwardContext()
+    ctx.fastv = FastVState(0, 0.25, ids == model.config.image_token_id)
+    embeds, _ = model.condition(ids, torch.randn(1, 3, 32, 32), None, ctx)
+    model.language(embeds, torch.arange(ids.shape[1])[None], torch.ones_like(ids), cache, ctx)
+    assert cache.lengths[0] == ids.shape[1]
+    assert cache.lengths[1] == ids.shape[1] - (n_img - round(0.25 * n_img))
+
+
+def test_costs_of_each_connector(tokenizer) -> None:
+    for connector in (VLORA, ConnectorConfig(kind="prune", prune=PruneConfig(keep=0.25))):
+        model = build(tokenizer, connector)
+        split = parameter_split(model.config)
+        assert split.connector.total == sum(p.numel() for p in model.connector.parameters())
+    base = efficiency(build(tokenizer).config)
+    vlora = efficiency(build(tokenizer, VLORA).config)
+    pruned = efficiency(build(tokenizer, ConnectorConfig(
+        kind="prune", prune=PruneConfig(keep=0.25))).config)
+    fastv = efficiency(build(tokenizer, fastv=FastVConfig(layer=0, keep=0.25)).config)
+    assert base["visual_tokens_per_image"] == 64 and vlora["visual_tokens_per_image"] == 0
+    assert pruned["visual_tokens_per_image"] == 16
+    assert vlora["prefill_flops"] < pruned["prefill_flops"] < base["prefill_flops"]
+    assert fastv["prefill_flops"] < base["prefill_flops"]
+    assert fastv["kv_cache_bytes"] < base["kv_cache_bytes"]
