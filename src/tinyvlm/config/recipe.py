@@ -128,6 +128,10 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
         key = f"recipe.stages[{i}]"
         _check_stage(recipe, stage, key, kinds, source)
         kinds[stage.name] = stage.kind
+    for row in recipe.eval.overrides:
+        if row not in recipe.eval.models:
+            raise InputError(f"recipe.eval.overrides.{row}: not a row of eval.models"
+                             f"{closest(row, list(recipe.eval.models))}", source)
     for row, ref in recipe.eval.models.items():
         check_plain_name(row, f"recipe.eval.models.{row}", source)
         _check_stage_ref(ref, kinds, f"recipe.eval.models.{row}", source, wants_pairs=False)

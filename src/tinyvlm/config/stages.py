@@ -9,6 +9,7 @@ objective, `upcycle:` and `build_pairs:` for those actions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tinyvlm.config.model import MODEL_MODULES, MoEConfig
 
@@ -143,3 +144,7 @@ class EvalConfig:
     # Report rows: row name -> "stage:NAME" (the model as that stage left it). Empty: one
     # row, the recipe's final model.
     models: dict[str, str] = field(default_factory=dict)
+    # Training-free variants: row name -> model-config keys changed for that row, e.g.
+    # {connector: {kind: prune, prune: {keep: 0.25}}} or {language: {fastv: {layer: 2}}};
+    # the row's weights are its stage's model's, unchanged (the shapes must stay).
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -10,7 +10,16 @@ from typing import Any
 import torch
 
 from tinyvlm.analysis.expert_load import write_expert_load
-from tinyvlm.config import DataConfig, Recipe, dump_yaml, find_recipe, load_recipe, stage_refs
+from tinyvlm.config import (
+    DataConfig,
+    ModelConfig,
+    Recipe,
+    check_model,
+    dump_yaml,
+    find_recipe,
+    load_recipe,
+    stage_refs,
+)
 from tinyvlm.data import shapes
 from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -19,7 +28,7 @@ from tinyvlm.io import read_json, write_text
 from tinyvlm.models.load import load_model, load_tokenizer_of
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.rundir import RunDir
-from tinyvlm.schema import to_dict
+from tinyvlm.schema import from_dict, to_dict
 from tinyvlm.train.runtime import Runtime
 from tinyvlm.train.stages import STAGE_ACTIONS, StageRun, check_runnable, ref_path, stage_named
 
@@ -179,5 +188,30 @@ def report_models(recipe: Recipe, run_dir: str | Path, final: TinyVLM) -> dict[s
     model under the recipe's name."""
     if not recipe.eval.models:
         return {recipe.name: final}
-    return {row: load_model(resolve_stage_ref(ref, recipe, run_dir)).eval()
-            for row, ref in recipe.eval.models.items()}
+    out = {}
+    for row, ref in recipe.eval.models.items():
+        model = load_model(resolve_stage_ref(ref, recipe, run_dir)).eval()
+        if row in recipe.eval.overrides:
+            model = with_overrides(model, recipe.eval.overrides[row],
+                                   f"recipe.eval.overrides.{row}")
+        out[row] = model
+    return out
+
+
+def with_overrides(model: TinyVLM, changes: dict[str, Any], key: str) -> TinyVLM:
+    """The same weights under a config with `changes` merged in (a training-free variant:
+    pruning, FastV): one error when the weights no longer fit."""
+    def merge(base: Any, new: Any) -> Any:
+        if isinstance(base, dict) and isinstance(new, dict):
+            return {k: merge(base.get(k), v) for k, v in new.items()} | \
+                {k: v for k, v in base.items() if k not in new}
+        return new
+
+    config = from_dict(ModelConfig, merge(to_dict(model.config), changes), key=key)
+    check_model(config, None, key)
+    variant = TinyVLM(config, model.tokenizer)
+    try:
+        variant.load_state_dict(model.state_dict())
+    except RuntimeError as e:
+        raise InputError(f"{key}: the weights do not fit the changed config ({e})") from None
+    return variant.eval()
