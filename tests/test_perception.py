@@ -183,7 +183,8 @@ def test_cached_and_uncached_generation_agree(kind: str, tokenizer) -> None:
     assert torch.equal(cached, uncached)
     # Each row as it would be alone.
     for row in range(2):
-        alone = model.generate(torch.tensor([rows[row]]), pixel_values=batch.pixel_values[row:row + 1],
+        alone = model.generate(torch.tensor([rows[row]]),
+                               pixel_values=batch.pixel_values[row:row + 1],
                                image_rows=torch.tensor([0]), max_new_tokens=8)
         assert alone[0].tolist() == cached[row, : alone.shape[1]].tolist()
 
@@ -218,3 +219,55 @@ def test_costs_of_each_connector(tokenizer) -> None:
     assert vlora["prefill_flops"] < pruned["prefill_flops"] < base["prefill_flops"]
     assert fastv["prefill_flops"] < base["prefill_flops"]
     assert fastv["kv_cache_bytes"] < base["kv_cache_bytes"]
+
+
+@pytest.mark.parametrize("kind", ["prune", "vlora", "fastv"])
+def test_save_load_and_info(kind: str, tokenizer, tmp_path) -> None:
+    connector = {"prune": ConnectorConfig(kind="prune", prune=PruneConfig(keep=0.25)),
+                 "vlora": VLORA}.get(kind)
+    moe = MoEConfig(experts=4, top_k=2, layers="every-other") if kind == "vlora" else None
+    model = build(tokenizer, connector, FastVConfig(layer=0, keep=0.5) if kind == "fastv"
+                  else None, moe, randomise_b=True)
+    model.save_pretrained(tmp_path / "m")
+    again = TinyVLM.from_pretrained(tmp_path / "m")
+    ids = prompt(model)
+    pixels = torch.randn(1, 3, 32, 32)
+    kw = {"pixel_values": pixels, "image_rows": torch.tensor([0]), "max_new_tokens": 5}
+    assert torch.equal(model.generate(ids, **kw), again.generate(ids, **kw))
+    from tinyvlm.analysis.cost import model_report
+
+    report = model_report(again)
+    assert report["image_tokens"] == model.image_tokens
+    assert report["params"]["connector"] == sum(p.numel() for p in model.connector.parameters())
+
+
+def test_a_vlora_student_distils_from_a_token_based_teacher(tokenizer, tmp_path) -> None:
+    """Response-token mimic distillation where the teacher sees 64 visual tokens and the
+    student none: each reads its own batch; the KD aligns the answers."""
+    from tinyvlm.config import MimicConfig, StageConfig
+    from tinyvlm.data.collate import SFTCollator
+    from tinyvlm.data.conversation import Conversation
+    from tinyvlm.data.images import ImageStore
+    from tinyvlm.train.objectives.mimic import Mimic, MimicBatch
+
+    teacher = build(tokenizer)
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = build(tokenizer, VLORA, randomise_b=True).train()
+    stage = StageConfig(name="kd", objective="mimic",
+                        mimic=MimicConfig(teacher=str(tmp_path / "teacher")))
+    objective = Mimic(student, stage)
+    assert not objective._shared  # different visual inputs: the teacher builds its own batch
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(img)
+    convs = [Conversation("a", [img], [("<image>\nwhat colour is the circle?", "red")])]
+    s_batch = SFTCollator(student.tokenizer, ImageStore.for_model(student.config.vision), 0,
+                          256)(convs)
+    t_batch = objective.teacher.collate(convs)
+    assert int((t_batch.input_ids == teacher.config.image_token_id).sum()) == 64
+    assert int((s_batch.input_ids == student.config.image_token_id).sum()) == 0
+    out = objective.forward(student, MimicBatch(s_batch, t_batch))
+    out.loss.backward()
+    assert out.metrics["kd"] > 0
+    assert student.connector.generators["v"].head.weight.grad.abs().sum() > 0
