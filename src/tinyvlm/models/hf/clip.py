@@ -109,13 +109,15 @@ def exportable(cfg: VisionConfig) -> str | None:
     return None
 
 
-def export_config(cfg: VisionConfig) -> dict[str, Any]:
-    return {"model_type": "clip_vision_model", "hidden_size": cfg.dim,
+def export_config(cfg: VisionConfig, model_type: str = "clip_vision_model", **extra: Any
+                  ) -> dict[str, Any]:
+    """A CLIP (or, with SigLIP's model_type, SigLIP) vision config.json section."""
+    return {"model_type": model_type, "hidden_size": cfg.dim,
             "intermediate_size": cfg.hidden_mlp_dim, "num_hidden_layers": cfg.depth,
             "num_attention_heads": cfg.heads, "image_size": cfg.image_size,
             "patch_size": cfg.patch_size, "num_channels": cfg.channels,
             "hidden_act": ACT_NAMES[cfg.act], "layer_norm_eps": cfg.norm_eps,
-            "projection_dim": cfg.dim}
+            **(extra or {"projection_dim": cfg.dim})}
 
 
 def export_vision(state: dict[str, Tensor], cfg: VisionConfig) -> dict[str, Tensor]:

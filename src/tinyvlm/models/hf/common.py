@@ -104,3 +104,27 @@ def contiguous(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def zeros_like_bias(weight: Tensor) -> Tensor:
     return torch.zeros(weight.shape[0], dtype=weight.dtype)
+
+
+def import_experts(w: Weights, router: str, expert: str, names: tuple[str, str, str],
+                   dst: str, out: dict[str, Tensor]) -> None:
+    """A sparse FFN's router and experts into tinyvlm's MoE: `expert` formats with the
+    expert index `e` and each of `names` (the gate, up and down projections' keys)."""
+    logits = w.take(router)
+    out[dst + "ffn.router.weight"] = logits[None]
+    gate, up, down = names
+    out[dst + "ffn.gate_up_proj"] = torch.stack([
+        torch.cat([w.take(expert.format(e=e, name=gate)), w.take(expert.format(e=e, name=up))])
+        for e in range(logits.shape[0])])
+    out[dst + "ffn.down_proj"] = torch.stack(
+        [w.take(expert.format(e=e, name=down)) for e in range(logits.shape[0])])
+
+
+def export_experts(state: dict[str, Tensor], src: str, router: str, expert: str,
+                   names: tuple[str, str, str], out: dict[str, Tensor]) -> None:
+    """The inverse of import_experts."""
+    out[router] = state[src + "ffn.router.weight"][0]
+    for e, (gate_up, down) in enumerate(zip(state[src + "ffn.gate_up_proj"],
+                                            state[src + "ffn.down_proj"], strict=True)):
+        for name, value in zip(names, (*gate_up.chunk(2), down), strict=True):
+            out[expert.format(e=e, name=name)] = value

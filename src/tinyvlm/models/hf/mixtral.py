@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from tinyvlm.config import LanguageConfig, MoEConfig
 from tinyvlm.models.hf import llama
-from tinyvlm.models.hf.common import Weights
+from tinyvlm.models.hf.common import Weights, export_experts, import_experts
 
 
 def lm_config(hf: dict[str, Any], where: Any) -> LanguageConfig:
@@ -24,27 +23,18 @@ def lm_config(hf: dict[str, Any], where: Any) -> LanguageConfig:
     return cfg
 
 
+NAMES = ("w1", "w3", "w2")  # gate, up, down
+
+
 def import_ffn(w: Weights, src: str, dst: str, out: dict[str, Tensor]) -> None:
     moe = f"{src}block_sparse_moe."
-    router = w.take(moe + "gate.weight")
-    experts = router.shape[0]
-    out[dst + "ffn.router.weight"] = router[None]
-    out[dst + "ffn.gate_up_proj"] = torch.stack([
-        torch.cat([w.take(f"{moe}experts.{e}.w1.weight"), w.take(f"{moe}experts.{e}.w3.weight")])
-        for e in range(experts)])
-    out[dst + "ffn.down_proj"] = torch.stack(
-        [w.take(f"{moe}experts.{e}.w2.weight") for e in range(experts)])
+    import_experts(w, moe + "gate.weight", moe + "experts.{e}.{name}.weight", NAMES, dst, out)
 
 
 def export_ffn(state: dict[str, Tensor], src: str, dst: str, out: dict[str, Tensor]) -> None:
     moe = f"{dst}block_sparse_moe."
-    out[moe + "gate.weight"] = state[src + "ffn.router.weight"][0]
-    for e, (gate_up, down) in enumerate(zip(state[src + "ffn.gate_up_proj"],
-                                            state[src + "ffn.down_proj"], strict=True)):
-        gate, up = gate_up.chunk(2)
-        out[f"{moe}experts.{e}.w1.weight"] = gate
-        out[f"{moe}experts.{e}.w3.weight"] = up
-        out[f"{moe}experts.{e}.w2.weight"] = down
+    export_experts(state, src, moe + "gate.weight", moe + "experts.{e}.{name}.weight", NAMES,
+                   out)
 
 
 def import_lm(w: Weights, head: Tensor | None, cfg: LanguageConfig) -> dict[str, Tensor]:

@@ -13,8 +13,10 @@ from torch import Tensor
 
 from tinyvlm.config import LanguageConfig, MoEConfig
 from tinyvlm.models.hf import llama
-from tinyvlm.models.hf.common import Weights
+from tinyvlm.models.hf.common import Weights, export_experts, import_experts
 from tinyvlm.models.hf.mixtral import common_moe_check
+
+NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
 def sparse_layers(hf: dict[str, Any]) -> list[int]:
@@ -49,14 +51,8 @@ def import_ffn_for(cfg: LanguageConfig) -> llama.FFNImport:
             llama.import_dense_ffn(w, src, dst, out)
             return
         mlp = f"{src}mlp."
-        router = w.take(mlp + "gate.weight")
-        out[dst + "ffn.router.weight"] = router[None]
-        out[dst + "ffn.gate_up_proj"] = torch.stack([
-            torch.cat([w.take(f"{mlp}experts.{e}.gate_proj.weight"),
-                       w.take(f"{mlp}experts.{e}.up_proj.weight")])
-            for e in range(router.shape[0])])
-        out[dst + "ffn.down_proj"] = torch.stack(
-            [w.take(f"{mlp}experts.{e}.down_proj.weight") for e in range(router.shape[0])])
+        import_experts(w, mlp + "gate.weight", mlp + "experts.{e}.{name}.weight", NAMES, dst,
+                       out)
         if cfg.moe is not None and cfg.moe.shared_expert_dim:
             for a, b in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down")):
                 out[f"{dst}ffn.shared.{b}.weight"] = w.take(f"{mlp}shared_expert.{a}.weight")
@@ -75,13 +71,8 @@ def export_ffn_for(cfg: LanguageConfig) -> llama.FFNExport:
             llama.export_dense_ffn(state, src, dst, out)
             return
         mlp = f"{dst}mlp."
-        out[mlp + "gate.weight"] = state[src + "ffn.router.weight"][0]
-        for e, (gate_up, down) in enumerate(zip(state[src + "ffn.gate_up_proj"],
-                                                state[src + "ffn.down_proj"], strict=True)):
-            gate, up = gate_up.chunk(2)
-            out[f"{mlp}experts.{e}.gate_proj.weight"] = gate
-            out[f"{mlp}experts.{e}.up_proj.weight"] = up
-            out[f"{mlp}experts.{e}.down_proj.weight"] = down
+        export_experts(state, src, mlp + "gate.weight", mlp + "experts.{e}.{name}.weight",
+                       NAMES, out)
         if f"{src}ffn.shared.gate.weight" in state:
             for a, b in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down")):
                 out[f"{mlp}shared_expert.{a}.weight"] = state[f"{src}ffn.shared.{b}.weight"]

@@ -14,8 +14,8 @@ from typing import Any
 from torch import Tensor
 
 from tinyvlm.config import VisionConfig
+from tinyvlm.models.hf import clip
 from tinyvlm.models.hf.clip import (
-    ACT_NAMES,
     base_config,
     export_layers,
     import_layers,
@@ -57,12 +57,7 @@ def exportable(cfg: VisionConfig) -> str | None:
 
 
 def export_config(cfg: VisionConfig) -> dict[str, Any]:
-    return {"model_type": "siglip_vision_model", "hidden_size": cfg.dim,
-            "intermediate_size": cfg.hidden_mlp_dim, "num_hidden_layers": cfg.depth,
-            "num_attention_heads": cfg.heads, "image_size": cfg.image_size,
-            "patch_size": cfg.patch_size, "num_channels": cfg.channels,
-            "hidden_act": ACT_NAMES[cfg.act], "layer_norm_eps": cfg.norm_eps,
-            "vision_use_head": False}
+    return clip.export_config(cfg, "siglip_vision_model", vision_use_head=False)
 
 
 def export_vision(state: dict[str, Tensor], cfg: VisionConfig) -> dict[str, Tensor]:
