@@ -271,3 +271,47 @@ def test_a_vlora_student_distils_from_a_token_based_teacher(tokenizer, tmp_path)
     out.loss.backward()
     assert out.metrics["kd"] > 0
     assert student.connector.generators["v"].head.weight.grad.abs().sum() > 0
+
+
+def test_images_with_different_token_counts_equal_their_slots_removed(tokenizer) -> None:
+    """Pruning by [CLS] mass keeps a different number of tokens per image: each <image> still
+    expands to `keep` slots, the unused ones are left out of attention, and the result is
+    what the same model computes with those slots physically absent."""
+    model = build(tokenizer, ConnectorConfig(kind="prune", prune=PruneConfig(keep=0.5,
+                                                                             mass=0.5)))
+    with torch.no_grad():  # a peaked, image-dependent [CLS] attention
+        for p in model.vision.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.12)
+    tok = model.tokenizer
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cond, _ = model.encode_images(pixels)
+    counts = cond.token_mask.sum(1).tolist()
+    assert model.image_tokens == 32 and all(1 <= c <= 32 for c in counts)
+    assert counts[0] != counts[1] and max(counts) < 32, counts  # really variable
+    text = "<image>\nwhat colour is the circle?"
+    for i in range(2):
+        ids = torch.tensor([tok.encode_prompt([], text, 32)])
+        with torch.no_grad():
+            got = model(ids, pixel_values=pixels[i:i + 1]).logits[:, -1]
+            short = torch.tensor([tok.encode_prompt([], text, counts[i])])
+            embeds = model.language.embed(short)
+            embeds[short == model.config.image_token_id] = cond.tokens[i][cond.token_mask[i]]
+            hidden = model.language(embeds, torch.arange(short.shape[1])[None])
+            ref = model.language.lm_head(hidden[:, -1])
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # In a batch, cached and uncached generation agree and each row is as it is alone.
+    from tinyvlm.data.collate import Batch
+
+    rows = [tok.encode_prompt([], text, 32), tok.encode_prompt([], "<image>\nhow many?", 32)]
+    batch = Batch.from_rows(rows, tok.pad_id, pixel_values=pixels, images_per_row=[1, 1],
+                            side="left")
+    kw = {"pixel_values": pixels, "image_rows": batch.image_rows, "max_new_tokens": 6}
+    cached = model.generate(batch.input_ids, batch.attention_mask, **kw)
+    assert torch.equal(cached, model.generate(batch.input_ids, batch.attention_mask,
+                                              use_cache=False, **kw))
+    for row in range(2):
+        alone = model.generate(torch.tensor([rows[row]]), pixel_values=pixels[row:row + 1],
+                               max_new_tokens=6)
+        assert alone[0].tolist() == cached[row, : alone.shape[1]].tolist()

@@ -206,6 +206,10 @@ class PruneConfig:
     keep: float = 0.25  # a share of the patches in (0, 1], or a count >= 1 when > 1
     layers: list[int] = field(default_factory=lambda: [-1])  # ViT layers whose [CLS] attention
     merge: bool = False
+    # > 0: a count per image: the fewest top patches whose [CLS] attention reaches this share
+    # of the total, at most `keep` of them (the slots each <image> expands to); the unused
+    # slots are masked out of the LM's attention, as if absent.
+    mass: float = 0.0
 
     def count(self, patches: int) -> int:
         """Patches kept of `patches`."""

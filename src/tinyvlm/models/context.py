@@ -36,6 +36,9 @@ class VisualConditioning:
 
     tokens: Tensor | None = None  # (images, tokens per image, lm dim)
     deltas: dict[str, LowRankDelta] = field(default_factory=dict)
+    # (images, tokens per image) bool: the slots an image uses, when images use different
+    # numbers of them; the others are left out of attention (None: every slot is used).
+    token_mask: Tensor | None = None
 
 
 @dataclass
@@ -55,13 +58,14 @@ class ForwardContext:
     deltas: dict[str, LowRankDelta] = field(default_factory=dict)
     image_rows: Tensor | None = None
     fastv: Any = None  # models.language.FastVState while a generation prunes image tokens
+    holes: bool = False  # the attention mask has unused image slots inside the sequence
 
     def derive(self, token_mask: Tensor | None) -> ForwardContext:
         """The same context for another token layout (the vision encoder's patches, the new
         tokens of a cached decoding step): shares records, task ids and conditioning."""
         return ForwardContext(token_mask=token_mask, records=self.records,
                               task_ids=self.task_ids, deltas=self.deltas,
-                              image_rows=self.image_rows, fastv=self.fastv)
+                              image_rows=self.image_rows, fastv=self.fastv, holes=self.holes)
 
     def condition(self, conditioning: VisualConditioning | None,
                   image_rows: Tensor | None) -> None:

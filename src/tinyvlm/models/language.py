@@ -168,7 +168,7 @@ class FastVState:
 
 
 def attention_mask_for(
-    attention_mask: Tensor | None, query_len: int, past_len: int
+    attention_mask: Tensor | None, query_len: int, past_len: int, holes: bool = False
 ) -> tuple[Tensor | None, bool]:
     """The SDPA mask and is_causal flag for `query_len` new tokens after `past_len` cached ones.
 
@@ -176,7 +176,7 @@ def attention_mask_for(
     (real tokens never look ahead at pads), so only left-padded batches pay for an explicit
     one. Every query may always see itself, so rows of padding never become all -inf (NaN).
     """
-    left_padded = attention_mask is not None and not bool(attention_mask[:, 0].all())
+    left_padded = attention_mask is not None and (holes or not bool(attention_mask[:, 0].all()))
     if not left_padded:
         if past_len == 0:
             return None, query_len > 1
@@ -228,7 +228,7 @@ class LanguageModel(nn.Module):
         ctx = ctx.derive(None if attention_mask is None
                          else attention_mask[:, past_len:].bool())
         t = inputs_embeds.shape[1]
-        mask, causal = attention_mask_for(attention_mask, t, past_len)
+        mask, causal = attention_mask_for(attention_mask, t, past_len, ctx.holes)
         rope = self.rope(position_ids)
         x = inputs_embeds
         fastv = ctx.fastv

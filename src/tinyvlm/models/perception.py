@@ -207,9 +207,31 @@ class PruneProjector(MLPProjector):
         assert isinstance(scores, Tensor)
         return scores.topk(self.keep, dim=-1).indices.sort(-1).values
 
+    def counts(self, vision: VisionOutput) -> Tensor | None:
+        """(images,) patches each image keeps with `mass` (None without): the fewest top
+        patches whose [CLS] attention reaches that share of the total, at most `keep`."""
+        if self.cfg.mass <= 0:
+            return None
+        scores = sum(vision.cls_attention[i].float().mean(1) for i in self.layers)
+        assert isinstance(scores, Tensor)
+        top = scores.sort(-1, descending=True).values
+        share = top.cumsum(-1) / top.sum(-1, keepdim=True)
+        needed = (share < self.cfg.mass).sum(-1) + 1
+        return needed.clamp(1, self.keep)
+
     def forward(self, vision: VisionOutput) -> VisualConditioning:
         patches = vision.patches
         idx = self.select(vision)
+        counts = self.counts(vision)
+        token_mask = None
+        if counts is not None:
+            # The top `counts` of the kept patches, still in their original order.
+            scores = sum(vision.cls_attention[i].float().mean(1) for i in self.layers)
+            assert isinstance(scores, Tensor)
+            rank = scores.gather(1, idx).argsort(-1, descending=True).argsort(-1)
+            token_mask = rank < counts[:, None]
+            if self.cfg.merge:
+                token_mask = torch.cat([token_mask, token_mask.new_ones(len(counts), 1)], 1)
         kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))
         if self.cfg.merge:
             dropped = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
@@ -217,7 +239,8 @@ class PruneProjector(MLPProjector):
             n = dropped.sum(1, keepdim=True).clamp(min=1).to(patches.dtype)
             mean = (patches * dropped[..., None]).sum(1) / n
             kept = torch.cat([kept, mean[:, None]], dim=1)
-        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(kept))))
+        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(kept))),
+                                  token_mask=token_mask)
 
     @classmethod
     def cost(cls, config: ModelConfig) -> ConnectorCost:

@@ -107,6 +107,20 @@ class TinyVLM(nn.Module):
         tokens = conditioning.tokens if conditioning is not None else None
         return self.embed(input_ids, tokens), vision
 
+    def slot_mask(self, input_ids: Tensor, attention_mask: Tensor | None,
+                  conditioning: VisualConditioning | None, ctx: ForwardContext
+                  ) -> Tensor | None:
+        """The attention mask without the image slots an image leaves unused (a connector
+        whose images use different numbers of tokens); unchanged otherwise."""
+        if conditioning is None or conditioning.token_mask is None:
+            return attention_mask
+        is_image = input_ids == self.config.image_token_id
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
+            else attention_mask.bool().clone()
+        mask[is_image] = conditioning.token_mask.reshape(-1).to(mask.device)
+        ctx.holes = True
+        return mask.long()
+
     def forward(
         self,
         input_ids: Tensor,
@@ -124,7 +138,12 @@ class TinyVLM(nn.Module):
         weight deltas); logits_to_keep > 0 computes only the last positions' logits."""
         # Each tower derives its own token mask; the context carries records and task ids.
         ctx = ForwardContext(task_ids=task_ids)
-        embeds, vision = self.condition(input_ids, pixel_values, image_rows, ctx, conditioning)
+        if conditioning is None and pixel_values is not None:
+            conditioning, vision = self.encode_images(pixel_values, ctx)
+        else:
+            vision = None
+        embeds, _ = self.condition(input_ids, None, image_rows, ctx, conditioning)
+        attention_mask = self.slot_mask(input_ids, attention_mask, conditioning, ctx)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, input_ids.shape, input_ids.device)
         hidden = self.language(embeds, position_ids, attention_mask, cache, ctx)
@@ -168,7 +187,11 @@ class TinyVLM(nn.Module):
         if fastv is not None:  # prunes image tokens after layer fastv.layer (inference only)
             ctx.fastv = FastVState(fastv.layer, fastv.keep,
                                    input_ids == self.config.image_token_id)
-        embeds, _ = self.condition(input_ids, pixel_values, image_rows, ctx)
+        conditioning = None
+        if pixel_values is not None:
+            conditioning, _ = self.encode_images(pixel_values, ctx)
+        embeds, _ = self.condition(input_ids, None, image_rows, ctx, conditioning)
+        attention_mask = self.slot_mask(input_ids, attention_mask, conditioning, ctx)
         positions = positions_from_mask(attention_mask, input_ids.shape, input_ids.device)
         cache = KVCache(self.config.language, b, t + max_new_tokens) if use_cache else None
         hidden = self.language(embeds, positions, attention_mask, cache, ctx)
