@@ -315,3 +315,30 @@ def test_images_with_different_token_counts_equal_their_slots_removed(tokenizer)
         alone = model.generate(torch.tensor([rows[row]]), pixel_values=pixels[row:row + 1],
                                max_new_tokens=6)
         assert alone[0].tolist() == cached[row, : alone.shape[1]].tolist()
+
+
+def test_fastv_prunes_without_the_cache_too_and_saves_cache_memory(tokenizer) -> None:
+    """A single prompt (no padding): the uncached path masks the dropped tokens exactly as
+    the cached path drops them; the later layers' cache buffers are shorter by as much."""
+    from tinyvlm.analysis.cost import kv_cache_bytes
+    from tinyvlm.models.language import FastVState, KVCache
+
+    plain = build(tokenizer)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.mul_(3.0)  # sharper attention: pruning changes the greedy tokens
+    fastv = build(tokenizer, fastv=FastVConfig(layer=0, keep=0.25))
+    fastv.load_state_dict(plain.state_dict())
+    ids = prompt(plain)
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cached = fastv.generate(ids, pixel_values=pixels, max_new_tokens=8)
+    assert torch.equal(cached, fastv.generate(ids, pixel_values=pixels, max_new_tokens=8,
+                                              use_cache=False))
+    assert not torch.equal(cached, plain.generate(ids, pixel_values=pixels, max_new_tokens=8))
+    lang = fastv.config.language
+    cache = KVCache(lang, 1, ids.shape[1] + 8)
+    ctx = ForwardContext()
+    ctx.fastv = FastVState(0, 0.25, ids == fastv.config.image_token_id)
+    embeds, _ = fastv.condition(ids, pixels, None, ctx)
+    fastv.language(embeds, torch.arange(ids.shape[1])[None], torch.ones_like(ids), cache, ctx)
+    assert cache.nbytes == kv_cache_bytes(lang, 1, ids.shape[1] + 8, "float32", 64 - 16)

@@ -137,7 +137,7 @@ def check_model(config: ModelConfig, source: str | Path | None = None, key: str 
         require([(finite(c.keep) and c.keep > 0 and (c.keep <= 1 or float(c.keep).is_integer()),
                   "keep", "a share in (0, 1] or a whole count", c.keep),
                  (finite(c.mass) and 0 <= c.mass < 1, "mass", "in [0, 1) (0: off)", c.mass),
-                 (bool(c.layers) and all(-vision.depth <= i < vision.depth for i in c.layers)
+                 (all(-vision.depth <= i < vision.depth for i in c.layers)
                   and all(i % vision.depth <= feature for i in c.layers), "layers",
                   f"ViT layers up to the feature layer ({feature})", c.layers)],
                 f"{key}.connector.prune", source)

@@ -204,7 +204,8 @@ class PruneConfig:
     order, optionally with the dropped ones averaged into one more token."""
 
     keep: float = 0.25  # a share of the patches in (0, 1], or a count >= 1 when > 1
-    layers: list[int] = field(default_factory=lambda: [-1])  # ViT layers whose [CLS] attention
+    # ViT layers whose [CLS] attention ranks the patches (summed); empty: the feature layer
+    layers: list[int] = field(default_factory=list)
     merge: bool = False
     # > 0: a count per image: the fewest top patches whose [CLS] attention reaches this share
     # of the total, at most `keep` of them (the slots each <image> expands to); the unused

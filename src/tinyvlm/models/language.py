@@ -45,12 +45,18 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new keys/values of `layer` after its filled part; return all of them."""
         if not self.keys:
-            self.keys = [k.new_zeros(self.shape) for _ in range(self.depth)]
-            self.values = [v.new_zeros(self.shape) for _ in range(self.depth)]
+            self.keys, self.values = [None] * self.depth, [None] * self.depth  # type: ignore
+        if self.keys[layer] is None:
+            # A layer after a FastV pruning first sees fewer tokens than layer 0 did: its
+            # buffer is that much shorter, so the pruning saves memory too.
+            dropped = self.lengths[0] - k.shape[2] if layer else 0
+            b, h, n, d = self.shape
+            self.keys[layer] = k.new_zeros(b, h, n - max(dropped, 0), d)
+            self.values[layer] = v.new_zeros(b, h, n - max(dropped, 0), d)
         start = self.lengths[layer]
         end = start + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} > {self.max_len} tokens")
+        if end > self.keys[layer].shape[2]:
+            raise ValueError(f"KV cache full: {end} > {self.keys[layer].shape[2]} tokens")
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         self.lengths[layer] = end
@@ -58,7 +64,8 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values
+                   if t is not None)
 
 
 class Attention(nn.Module):
@@ -256,7 +263,7 @@ class LanguageModel(nn.Module):
         if cache is None:
             keys = full.clone()
             keys[:, :prompt] &= state.keep
-            mask, causal = attention_mask_for(keys, t, past_len)
+            mask, causal = attention_mask_for(keys, t, past_len, holes=True)
             return x, self.rope(position_ids), mask, causal, ctx
         if past_len == 0:  # the prefill: gather the kept tokens, right-aligned (left padding)
             kept = state.keep
@@ -274,5 +281,5 @@ class LanguageModel(nn.Module):
             return x, self.rope(positions), mask, causal, ctx.derive(real)
         assert state.pruned_mask is not None
         keys = torch.cat([state.pruned_mask, full[:, prompt:]], dim=1)
-        mask, causal = attention_mask_for(keys, t, keys.shape[1] - t)
+        mask, causal = attention_mask_for(keys, t, keys.shape[1] - t, holes=True)
         return x, self.rope(position_ids), mask, causal, ctx

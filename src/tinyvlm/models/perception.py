@@ -194,7 +194,7 @@ class PruneProjector(MLPProjector):
         super().__init__(config, vision, language)
         self.cfg: PruneConfig = config.prune or PruneConfig()
         self.keep = self.cfg.count(vision.num_patches)
-        self.layers = sorted({i % vision.depth for i in self.cfg.layers})
+        self.layers = sorted({i % vision.depth for i in self.cfg.layers or [vision.feature_layer]})
         self.num_tokens = self.keep + int(self.cfg.merge)
 
     def select(self, vision: VisionOutput) -> Tensor:
