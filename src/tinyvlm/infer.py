@@ -162,12 +162,15 @@ class Engine:
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling = Sampling(),
                  generator: torch.Generator | None = None, sort_by_length: bool = True,
                  on_batch: OnBatch | None = None, on_text: OnText | None = None,
-                 progress: bool = False) -> list[str]:
+                 progress: bool = False, cancel: Callable[[int], bool] | None = None,
+                 counts: list[int] | None = None) -> list[str]:
         """Answers for `prompts`, in their order.
 
         sort_by_length groups prompts of similar length (the results do not depend on it for
         greedy decoding); sampling with a seeded `generator` keeps the given order so that the
-        same inputs draw the same samples."""
+        same inputs draw the same samples. cancel(i) true ends prompt i's row at the next
+        step (a client that went away); `counts`, when given, receives each prompt's number
+        of generated tokens (its end token included)."""
         order = (sorted(range(len(prompts)), key=lambda i: (len(prompts[i].ids), i))
                  if sort_by_length else list(range(len(prompts))))
         answers: list[str] = [""] * len(prompts)
@@ -175,9 +178,15 @@ class Engine:
         bar = Progress(len(order), "generate", "q", enabled=progress, leave=False)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            texts, seconds = self._run([prompts[i] for i in chunk], sampling, generator,
-                                       None if on_text is None else
-                                       lambda row, text, chunk=chunk: on_text(chunk[row], text))
+            texts, seconds, made = self._run(
+                [prompts[i] for i in chunk], sampling, generator,
+                None if on_text is None else
+                lambda row, text, chunk=chunk: on_text(chunk[row], text),
+                None if cancel is None else lambda row, chunk=chunk: cancel(chunk[row]))
+            if counts is not None:
+                counts.extend([0] * (len(prompts) - len(counts)))
+                for i, n in zip(chunk, made, strict=True):
+                    counts[i] = n
             for i, text in zip(chunk, texts, strict=True):
                 answers[i] = text
             if on_batch is not None:
@@ -194,13 +203,16 @@ class Engine:
 
     def _run(self, prompts: Sequence[Prompt], sampling: Sampling,
              generator: torch.Generator | None,
-             on_text: Callable[[int, str], None] | None) -> tuple[list[str], float]:
-        """One batch: its texts and the seconds generation took (images loaded before)."""
+             on_text: Callable[[int, str], None] | None,
+             cancel: Callable[[int], bool] | None = None
+             ) -> tuple[list[str], float, list[int]]:
+        """One batch: its texts, the seconds generation took (images loaded before) and the
+        tokens each row generated."""
         for p in prompts:
             self.check_length(p, sampling.max_new_tokens)
         tok = self.tokenizer
-        stream = _Stream(tok, len(prompts), sampling.stop, on_text) \
-            if sampling.stop or on_text is not None else None
+        stream = _Stream(tok, len(prompts), sampling.stop, on_text, cancel) \
+            if sampling.stop or on_text is not None or cancel is not None else None
         inputs = self.prepare(prompts)
         tick = time.perf_counter()
         with torch.inference_mode():
@@ -208,15 +220,19 @@ class Engine:
                               None if stream is None else stream.step)
         seconds = time.perf_counter() - tick
         texts = [tok.decode_answer(row) for row in new]
-        return (texts if not sampling.stop else [_cut(t, sampling.stop) for t in texts]), seconds
+        made = [_generated(row, tok) for row in new]
+        return (texts if not sampling.stop else [_cut(t, sampling.stop) for t in texts]), \
+            seconds, made
 
 
 class _Stream:
     """Decodes each row after every step: streams its text and finds stop strings."""
 
     def __init__(self, tokenizer: Any, rows: int, stop: Sequence[str],
-                 on_text: Callable[[int, str], None] | None):
+                 on_text: Callable[[int, str], None] | None,
+                 cancel: Callable[[int], bool] | None = None):
         self.tokenizer, self.stop, self.on_text = tokenizer, tuple(stop), on_text
+        self.cancel = cancel
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.done = [False] * rows
         self.ends = {tokenizer.end_id, *getattr(tokenizer, "stop_ids", ()),
@@ -225,6 +241,9 @@ class _Stream:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         for row, token in enumerate(tokens.tolist()):
             if self.done[row]:
+                continue
+            if self.cancel is not None and self.cancel(row):
+                self.done[row] = True
                 continue
             self.tokens[row].append(token)
             if token in self.ends:
@@ -236,6 +255,16 @@ class _Stream:
             if any(s in text for s in self.stop):
                 self.done[row] = True
         return torch.tensor(self.done)
+
+
+def _generated(row: Sequence[int], tokenizer: Any) -> int:
+    """Tokens a row generated: up to and including its first end token."""
+    ends = {tokenizer.end_id, *getattr(tokenizer, "stop_ids", ()),
+            *getattr(tokenizer, "end_ids", ())}
+    for i, token in enumerate(row):
+        if token in ends:
+            return i + 1
+    return len(row)
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

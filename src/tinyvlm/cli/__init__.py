@@ -20,6 +20,7 @@ from tinyvlm.cli.interop import export_hf, import_hf
 from tinyvlm.cli.model import generate, info, upcycle
 from tinyvlm.cli.preference import preference
 from tinyvlm.cli.score import score_group
+from tinyvlm.cli.serve import chat, serve
 from tinyvlm.cli.tasks import tasks
 from tinyvlm.cli.train import demo, train
 from tinyvlm.errors import InputError, TrainingInterrupted
@@ -38,7 +39,7 @@ def cli() -> None:
 
 
 for command in (data, train, eval_cmd, report_cmd, generate, upcycle, distill, tasks, info,
-                demo, score_group, preference, import_hf, export_hf):
+                demo, score_group, preference, import_hf, export_hf, chat, serve):
     cli.add_command(command)
 
 
