@@ -212,3 +212,30 @@ def test_seeded_sampling_repeats(server) -> None:
     a = client.chat.completions.create(**kw).choices[0].message.content
     b = client.chat.completions.create(**kw).choices[0].message.content
     assert a == b
+
+
+def test_terminal_chat_keeps_history_and_streams(tmp_path, monkeypatch) -> None:
+    import importlib
+
+    from click.testing import CliRunner
+
+    from tinyvlm.cli import cli
+    from tinyvlm.data.conversation import Conversation
+    from tinyvlm.infer import Engine
+
+    model = chatty_model()  # its biased head is not a savable model: handed to the command
+    serve_cli = importlib.import_module("tinyvlm.cli.serve")
+    monkeypatch.setattr(serve_cli, "load_model", lambda path: model)
+    (tmp_path / "m").mkdir()
+    img = tmp_path / "img.png"
+    png(8).save(img)
+    result = CliRunner().invoke(cli, ["chat", str(tmp_path / "m"), "--image", str(img),
+                                      "--max-new-tokens", "5"],
+                                input="how many shapes?\nand the colour?\n/reset\n/quit\n")
+    assert result.exit_code == 0, result.output
+    first = answer(model, "how many shapes?", [img], Sampling(5))
+    engine = Engine(model, 1)
+    second = engine.generate([engine.encode_conversation(Conversation(
+        "c", [img], [("<image>\nhow many shapes?", first), ("and the colour?", "")]))],
+        Sampling(5))[0]
+    assert f"model> {first}\n" in result.output and f"model> {second}\n" in result.output
