@@ -10,9 +10,7 @@ ratio reported is `concurrent_speedup` = requests/s with N clients / requests/s 
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,11 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import openai
-import uvicorn
 
 from common import LoadMeter, base_parser, emit, environment, log, ratio, setup_threads, summarize
 from tinyvlm.infer import Sampling, answer
-from tinyvlm.serve.app import create_app
+from tinyvlm.serve.app import create_app, running
 from tinyvlm.serve.protocol import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,15 +41,9 @@ def main() -> None:
     meter = LoadMeter()
     model = chatty_model()
     app = create_app(model, "tiny", None, Limits(), max_batch=args.clients, window_s=0.01)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    server = running(app)
+    url = server.__enter__()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
     images = [png(i) for i in range(4)]
     questions = [(f"how many shapes? {'is there ' * (i % 3)}", i % 4) for i in range(n)]
     expected = {q: answer(model, q[0], [images[q[1]]], Sampling(args.max_tokens))
@@ -80,8 +71,7 @@ def main() -> None:
                          "p50_ms": lat["median_ms"],
                          "p95_ms": sorted(s for s, _ in out)[int(0.95 * (n - 1))] * 1e3,
                          "batches": app.state.batcher.batches - batches}
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.__exit__(None, None, None)
     result["concurrent_speedup"] = ratio(result["concurrent"]["requests_per_s"],
                                          result["one_client"]["requests_per_s"])
     emit({"benchmark": "serve_load", "environment": environment(),

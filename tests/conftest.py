@@ -75,4 +75,17 @@ def tiny_recipe(data_dir: Path, steps: int = 4, **stage: object) -> Recipe:
     )
 
 
-__all__ = ["TEXTS", "tiny_model_config", "tiny_recipe"]
+def chatty(tokenizer: Tokenizer) -> TinyVLM:
+    """A model that never says a special token (the end token included), so answers are
+    words and run to max_new_tokens."""
+    torch.manual_seed(0)
+    model = TinyVLM.from_tokenizer(tiny_model_config(), tokenizer).eval()
+    model.language.lm_head = torch.nn.Linear(32, tokenizer.vocab_size)
+    with torch.no_grad():
+        model.language.lm_head.weight.normal_(std=1.0)
+        model.language.lm_head.bias.zero_()
+        model.language.lm_head.bias[list(tokenizer.special_ids)] = -1e4
+    return model
+
+
+__all__ = ["TEXTS", "chatty", "tiny_model_config", "tiny_recipe"]

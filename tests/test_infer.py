@@ -15,7 +15,7 @@ from tinyvlm.errors import InputError
 from tinyvlm.infer import Engine, Sampling, answer, conversation_from_messages
 from tinyvlm.models.vlm import TinyVLM
 
-from .conftest import tiny_model_config
+from .conftest import chatty as chatty_model
 
 
 @pytest.fixture
@@ -28,16 +28,7 @@ def image(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def chatty(tokenizer: Tokenizer) -> TinyVLM:
-    """A model that never says a special token (the end token included), so answers are
-    words and run to max_new_tokens."""
-    torch.manual_seed(0)
-    model = TinyVLM.from_tokenizer(tiny_model_config(), tokenizer).eval()
-    model.language.lm_head = torch.nn.Linear(32, tokenizer.vocab_size)
-    with torch.no_grad():
-        model.language.lm_head.weight.normal_(std=1.0)
-        model.language.lm_head.bias.zero_()
-        model.language.lm_head.bias[list(tokenizer.special_ids)] = -1e4
-    return model
+    return chatty_model(tokenizer)
 
 
 def prompts(engine: Engine, image: Path) -> list:  # type: ignore[type-arg]

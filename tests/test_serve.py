@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,25 +21,16 @@ uvicorn = pytest.importorskip("uvicorn")
 from tinyvlm.data.tokenizer import Tokenizer  # noqa: E402
 from tinyvlm.infer import Sampling, answer  # noqa: E402
 from tinyvlm.models.vlm import TinyVLM  # noqa: E402
-from tinyvlm.serve.app import create_app  # noqa: E402
+from tinyvlm.serve.app import create_app, running  # noqa: E402
 from tinyvlm.serve.protocol import Limits  # noqa: E402
 
-from .conftest import TEXTS, tiny_model_config  # noqa: E402
+from .conftest import TEXTS, chatty  # noqa: E402
 
 KEY = "test-key"
 
 
 def chatty_model() -> TinyVLM:
-    """Answers are words and run to max_tokens (no special token is ever likely)."""
-    tok = Tokenizer.train(TEXTS)
-    torch.manual_seed(0)
-    model = TinyVLM.from_tokenizer(tiny_model_config(), tok).eval()
-    model.language.lm_head = torch.nn.Linear(32, tok.vocab_size)
-    with torch.no_grad():
-        model.language.lm_head.weight.normal_(std=1.0)
-        model.language.lm_head.bias.zero_()
-        model.language.lm_head.bias[list(tok.special_ids)] = -1e4
-    return model
+    return chatty(Tokenizer.train(TEXTS))
 
 
 def png(seed: int, size: int = 32) -> Image.Image:
@@ -65,21 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
                                                 max_image_bytes=100_000,
                                                 max_body_bytes=400_000, image_dir=images),
                      max_batch=8, window_s=0.02)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
-    yield {"url": f"http://127.0.0.1:{port}", "client": client, "model": model, "app": app,
-           "images": images}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        yield {"url": url, "client": client, "model": model, "app": app, "images": images}
 
 
 def ask(text: str, *images: Image.Image) -> list[dict]:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
 
 import pytest
 
@@ -18,7 +15,7 @@ selenium = pytest.importorskip("selenium")
 uvicorn = pytest.importorskip("uvicorn")
 
 from tinyvlm.infer import Sampling, answer  # noqa: E402
-from tinyvlm.serve.app import create_app  # noqa: E402
+from tinyvlm.serve.app import create_app, running  # noqa: E402
 
 from .test_serve import chatty_model, png  # noqa: E402
 
@@ -45,18 +42,8 @@ def browser() -> tuple[str, str] | None:
 @pytest.fixture(scope="module")
 def page_server():
     model = chatty_model()
-    app = create_app(model, "tiny", None, max_batch=4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", model
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(create_app(model, "tiny", None, max_batch=4)) as url:
+        yield url, model
 
 
 def test_the_page_answers_a_question_about_an_uploaded_image(page_server, tmp_path) -> None:

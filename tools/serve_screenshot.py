@@ -8,38 +8,33 @@ Needs the serve extra, selenium and the system's chromium + chromedriver.
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
+from typing import Any
 
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tinyvlm.models.load import load_model
-from tinyvlm.serve.app import create_app
+from tinyvlm.serve.app import create_app, running
 
 
 def main(model_dir: str, image: str, question: str, out: str) -> None:
     app = create_app(load_model(model_dir), Path(model_dir).resolve().name, None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                  "--window-size=900,620"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    with running(app) as url:
+        shoot(driver, url, image, question, out)
+
+
+def shoot(driver: Any, url: str, image: str, question: str, out: str) -> None:
     try:
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(f"{url}/")
         driver.find_element(By.ID, "file").send_keys(str(Path(image).resolve()))
         WebDriverWait(driver, 20).until(
             lambda d: d.find_element(By.ID, "preview").get_attribute("src").startswith("data:"))
@@ -52,7 +47,6 @@ def main(model_dir: str, image: str, question: str, out: str) -> None:
         driver.save_screenshot(out)
     finally:
         driver.quit()
-        server.should_exit = True
 
 
 if __name__ == "__main__":

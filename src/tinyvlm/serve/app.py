@@ -178,3 +178,31 @@ def create_app(model: Any, name: str, api_key: str | None = None, limits: Limits
 def _settle(future: asyncio.Future, value: Any) -> None:
     if not future.done():
         future.set_result(value)
+
+
+@contextlib.contextmanager
+def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Any:
+    """The app served by uvicorn in a background thread (port 0: a free one) for the
+    duration of a `with` block; yields the base URL. For tests, benchmarks and notebooks."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, name="tinyvlm-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
