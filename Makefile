@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/generate_throughput.py
 	$(BIN)/python benchmarks/moe.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
