@@ -30,10 +30,11 @@ def browser() -> tuple[str, str] | None:
     if found() is None and hasattr(os, "geteuid") and os.geteuid() == 0 and \
             shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        for cmd, limit in ((["apt-get", "update", "-qq"], 120),
+                           (["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+                            360)):
             try:
-                subprocess.run(cmd, env=env, capture_output=True, timeout=600, check=False)
+                subprocess.run(cmd, env=env, capture_output=True, timeout=limit, check=False)
             except (OSError, subprocess.TimeoutExpired):
                 return None
     return found()
