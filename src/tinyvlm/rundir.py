@@ -170,6 +170,9 @@ class RunDir:
         goes with the process, so a killed run leaves none behind)."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError("the output directory is a file", self.root)
+        if not self.is_main:  # the other processes of a distributed run: the main one holds it
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as f:
             try:

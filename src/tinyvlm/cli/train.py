@@ -17,19 +17,28 @@ from tinyvlm.errors import InputError
 def train(recipe: str, out: str | None, resume: bool, quiet: bool) -> None:
     """Train the stages of a YAML RECIPE (a path or a built-in name).
 
+    Under torchrun every process trains a data-parallel replica (DDP):
+    torchrun --nproc_per_node 2 -m tinyvlm train RECIPE --out DIR.
+
     \b
     Example:
       tinyvlm train recipes/demo.yaml --out runs/mine
       tinyvlm train demo --out runs/mine --resume
     """
+    from tinyvlm.train.distributed import runtime_from_env, shutdown
     from tinyvlm.train.pipeline import load_runnable_recipe, run_recipe
 
     if out == "":
         raise InputError("--out is empty")
     r = load_runnable_recipe(recipe)
     run_dir = Path(out or f"runs/{r.name}")
-    run_recipe(r, run_dir, resume=resume, progress=not quiet)
-    click.echo(f"model written to {run_dir / 'model'}")
+    runtime = runtime_from_env()  # torchrun's processes, or one
+    try:
+        run_recipe(r, run_dir, resume=resume, progress=not quiet, runtime=runtime)
+    finally:
+        shutdown(runtime)
+    if runtime.is_main:
+        click.echo(f"model written to {run_dir / 'model'}")
 
 
 @click.command()

@@ -155,24 +155,28 @@ class _Trainer:
         """One optimizer step over the micro-batches: (loss, grad norm, their outputs). A
         non-finite loss or gradient raises NonFiniteStep before the weights change."""
         outputs = []
-        for batch in micro:
-            with self.runtime.autocast(self.stage.precision):
-                out = self.step_module(batch.to(self.runtime.device))
-            outputs.append(out)
-            # MoE auxiliary losses enter here and only here: counted once, logged apart.
-            aux, router_metrics = router_losses(out.records)
-            out.metrics.update(router_metrics)
-            total = out.loss if aux is None else out.loss + aux
-            # Scale so the accumulated gradient is the mean over all units of the step.
-            total.mul(out.units).backward()
+        for i, batch in enumerate(micro):
+            with self.runtime.accumulate(self.step_module, last=i == len(micro) - 1):
+                with self.runtime.autocast(self.stage.precision):
+                    out = self.step_module(batch.to(self.runtime.device))
+                outputs.append(out)
+                # MoE auxiliary losses enter here and only here: counted once, logged apart.
+                aux, router_metrics = router_losses(out.records)
+                out.metrics.update(router_metrics)
+                total = out.loss if aux is None else out.loss + aux
+                # Scale so the accumulated gradient is the mean over all units of the step.
+                total.mul(out.units).backward()
         units = self.runtime.all_reduce_sum(sum(o.units for o in outputs)) or 1.0
+        # A data-parallel wrapper averaged the summed gradients over processes: scale back.
+        scale = self.runtime.gradient_average / units
         for p in self.params:
             if p.grad is not None:
-                p.grad.div_(units)
+                p.grad.mul_(scale)
         clip = self.stage.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip) if clip
                           else _grad_norm(self.params))
-        loss = sum(float(o.loss.detach()) * o.units for o in outputs) / units
+        loss = self.runtime.all_reduce_sum(
+            sum(float(o.loss.detach()) * o.units for o in outputs)) / units
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()  # the schedule stays a function of the step

@@ -114,7 +114,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     with run.lock():
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
-        prepare_data(recipe.data, progress)
+        if run.is_main:  # one process writes the data and the tokenizer; the others wait
+            prepare_data(recipe.data, progress)
+            train_tokenizer(recipe, run)
+        runtime.barrier()
         check_teachers(recipe, train_tokenizer(recipe, run))
         if resume and not any(run.steps(s.name) for s in recipe.stages):
             warnings.warn(f"{run.root}: nothing to resume yet; starting from the first stage",
@@ -127,6 +130,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                 stage.model, build_model(recipe, run, stage.model).to(runtime.device))
             STAGE_ACTIONS[stage.action](StageRun(stage, model, recipe, run, runtime, resume,
                                                  progress, depends_on(recipe, i)))
+            runtime.barrier()  # the stage's files (its model, pairs) are there for everyone
         model = models.get("model") or build_model(recipe, run)
         if run.is_main:
             model.save_pretrained(run.model)

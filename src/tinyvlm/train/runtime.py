@@ -8,7 +8,7 @@ rank-dependent from this object, so a distributed runtime changes this file, not
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -38,9 +38,23 @@ class Runtime:
         """The module the loop steps (a data-parallel wrapper on several processes)."""
         return module
 
+    def accumulate(self, module: nn.Module, last: bool) -> AbstractContextManager[None]:
+        """Around a micro-batch's forward and backward: gradients are synchronised across
+        processes only on the last micro-batch of a step."""
+        return nullcontext()
+
     def all_reduce_sum(self, value: float) -> float:
         """The sum of `value` over every process."""
         return value
+
+    def barrier(self) -> None:
+        """Every process waits here for the others (one process: nothing to wait for)."""
+
+    @property
+    def gradient_average(self) -> int:
+        """What the data-parallel wrapper divides summed gradients by (the world size for
+        DDP's averaging); the loop multiplies it back to keep unit-weighted sums exact."""
+        return 1
 
     def shard(self, items: Sequence[T]) -> Sequence[T]:
         """This process's share of a global batch."""

@@ -115,6 +115,8 @@ def run_upcycle(r: StageRun) -> None:
 def run_build_pairs(r: StageRun) -> None:
     """The model samples answers to the stage's prompts; ranked pairs plus hallucination
     pairs from existence probes go to the stage's pairs file."""
+    if not r.run.is_main:  # one process samples and writes the pairs; the others wait
+        return
     stage, cfg = r.stage, r.stage.build_pairs
     assert cfg is not None
     out = r.run.pairs(stage.name)

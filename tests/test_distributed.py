@@ -1,0 +1,60 @@
+"""Data parallelism under torchrun on CPU (gloo): two processes with the same global batch
+train what one process trains, checkpoints and logs written once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tinyvlm.config import dump_yaml
+
+from .conftest import tiny_recipe
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def train(recipe_file: Path, out: Path, procs: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if procs == 1:
+        cmd = [sys.executable, "-m", "tinyvlm", "train", str(recipe_file), "--out", str(out),
+               "--quiet"]
+    else:
+        cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={procs}", "-m", "tinyvlm",
+               "train", str(recipe_file), "--out", str(out), "--quiet"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_processes_train_what_one_trains(shapes_dir: Path, tmp_path: Path,
+                                             grad_accum: int) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=3, batch_size=8, grad_accum=grad_accum, lr=1e-3,
+                         warmup_steps=1, log_every=1)
+    recipe.threads = 1
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(dump_yaml(recipe))
+    one = train(recipe_file, tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = train(recipe_file, tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst  # the same gradient, summed in another order
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text()
+            .splitlines()]
+    ones = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ones] == [1, 2, 3]  # logged once
+    for r, s in zip(rows, ones, strict=True):
+        assert abs(r["loss"] - s["loss"]) < 1e-5
