@@ -58,3 +58,62 @@ def test_two_processes_train_what_one_trains(shapes_dir: Path, tmp_path: Path,
     assert [r["step"] for r in rows] == [r["step"] for r in ones] == [1, 2, 3]  # logged once
     for r, s in zip(rows, ones, strict=True):
         assert abs(r["loss"] - s["loss"]) < 1e-5
+
+
+def launch(recipe_file: Path, out: Path, procs: int, resume: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "tinyvlm", "train", str(recipe_file), "--out", str(out), "--quiet",
+            *(["--resume"] if resume else [])]
+    cmd = [sys.executable, *args] if procs == 1 else \
+        [str(TORCHRUN), "--standalone", f"--nproc_per_node={procs}", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The training processes under a torchrun (or the process itself)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True,
+                         text=True).stdout.split()
+    return [int(p) for p in out] or [parent]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_a_killed_worker_and_a_resume_on_another_world_size(shapes_dir: Path, tmp_path: Path,
+                                                            first: int, then: int) -> None:
+    """SIGKILL of one training process mid-stage takes the job down (no hang); --resume on
+    another number of processes ends where an uninterrupted run ends."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=40, batch_size=8, lr=1e-3, warmup_steps=1,
+                         log_every=5, checkpoint_every=5, keep_checkpoints=2)
+    recipe.threads = 1
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(dump_yaml(recipe))
+    ref = train(recipe_file, tmp_path / "ref", 1)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    proc = launch(recipe_file, tmp_path / "run", first)
+    ckpt = tmp_path / "run" / "checkpoints" / "sft"
+    deadline = time.monotonic() + 120
+    while not (ckpt / "step-000010").is_dir():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    victim = worker_pids(proc.pid)[-1]
+    os.kill(victim, signal.SIGKILL)
+    try:
+        proc.wait(timeout=120)  # the job ends instead of hanging in a collective
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    resumed = launch(recipe_file, tmp_path / "run", then, resume=True)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, worst
