@@ -117,3 +117,43 @@ def test_a_killed_worker_and_a_resume_on_another_world_size(shapes_dir: Path, tm
     b = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, worst
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_distributed_evaluation_scores_what_one_process_scores(shapes_dir: Path,
+                                                               shapes_tokenizer,
+                                                               tmp_path: Path) -> None:
+    import torch
+
+    from tinyvlm.models.vlm import TinyVLM
+
+    from .conftest import tiny_model_config
+
+    torch.manual_seed(0)
+    TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer).save_pretrained(
+        tmp_path / "model")
+    files = [str(shapes_dir / "test.json"), str(shapes_dir / "pope.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "tinyvlm", "eval", str(tmp_path / "model"), *files, "--quiet",
+            "--max-new-tokens", "4", "--batch-size", "8", "--name", "m"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", *args, "--out",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+
+    def result(d: Path) -> tuple[dict, list]:
+        r = json.loads((d / "results.json").read_text())["models"][0]
+        preds = [json.loads(x) for x in (d / "predictions" / "m.jsonl").read_text()
+                 .splitlines()]
+        keep = ("accuracy", "per_capability", "pope")
+        return {k: r[k] for k in keep}, [(p["id"], p["prediction"]) for p in preds]
+
+    assert result(tmp_path / "one") == result(tmp_path / "two")
+    # Both shares were merged into the one cache; no share file is left.
+    cache = list((tmp_path / "two" / "cache" / "m").glob("*.jsonl"))
+    assert cache and not [p for p in cache if ".rank-" in p.name]
+    lines = sum(len(p.read_text().splitlines()) for p in cache)
+    assert lines == len(result(tmp_path / "two")[1])  # every item decoded once

@@ -53,8 +53,9 @@ class PredictionCache:
         self.path = Path(path)
         self.fingerprint = fingerprint
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """id -> entry for this fingerprint (the last entry wins); cuts off a torn last line."""
+    def load(self, repair: bool = True) -> dict[str, dict[str, Any]]:
+        """id -> entry for this fingerprint (the last entry wins); cuts off a torn last line
+        (repair: false only reads, for processes that share the file)."""
         if not self.path.is_file():
             return {}
         entries: dict[str, dict[str, Any]] = {}
@@ -79,7 +80,7 @@ class PredictionCache:
             good_end += len(line) + 1
             if isinstance(entry, dict) and entry.get("fingerprint") == self.fingerprint:
                 entries[str(entry["id"])] = entry
-        if good_end < len(raw):
+        if good_end < len(raw) and repair:
             with open(self.path, "r+b") as f:  # drop the torn tail before anything is appended
                 f.truncate(good_end)
         return entries

@@ -83,11 +83,22 @@ class BenchmarkRun:
 
 
 def run_benchmark(engine: Engine, bench: Benchmark, run: RunDir, name: str, model_fp: str,
-                  template: Template, max_new_tokens: int, progress: bool = True
-                  ) -> BenchmarkRun:
-    """Every item of `bench`: from the cache when done before, else decoded and cached."""
+                  template: Template, max_new_tokens: int, progress: bool = True,
+                  runtime: Any = None) -> BenchmarkRun | None:
+    """Every item of `bench`: from the cache when done before, else decoded and cached.
+
+    With several processes (a runtime with world_size > 1) each decodes its share of the
+    items into its own cache file; after a barrier the main process merges them into the
+    cache and scores, and the others return None."""
     prompts = build_prompts(engine, bench, template, max_new_tokens)
-    cache = PredictionCache(run.cache_file(name, bench.name), digest(model_fp, max_new_tokens))
+    fp = digest(model_fp, max_new_tokens)
+    cache = PredictionCache(run.cache_file(name, bench.name), fp)
+    world = getattr(runtime, "world_size", 1)
+    if world > 1:
+        _decode_share(engine, bench, run, name, fp, prompts, max_new_tokens, runtime,
+                      progress)
+        if not run.is_main:
+            return None
     done = cache.load()
     outputs: dict[int, tuple[str, float]] = {}
     todo = []
@@ -112,6 +123,46 @@ def run_benchmark(engine: Engine, bench: Benchmark, run: RunDir, name: str, mode
                for i, (item, prompt) in enumerate(zip(bench.items, prompts, strict=True))]
     result, answers = score_benchmark(bench, samples, run.answers_dir(name, bench.name))
     return BenchmarkRun(bench, samples, len(todo), result, answers)
+
+
+def _decode_share(engine: Engine, bench: Benchmark, run: RunDir, name: str, fp: str,
+                  prompts: list[BenchPrompt], max_new_tokens: int, runtime: Any,
+                  progress: bool) -> None:
+    """This process's share of the items not cached yet, decoded into its own cache file;
+    the main process then merges every share into the benchmark's cache."""
+    main = PredictionCache(run.cache_file(name, bench.name), fp)
+    if run.is_main:
+        main.load()  # repairs a torn last line before the others read
+    runtime.barrier()
+    done = main.load(repair=False)
+    todo = [i for i, (item, prompt) in enumerate(zip(bench.items, prompts, strict=True))
+            if (hit := done.get(item.id)) is None or hit.get("prompt_hash") != prompt.key]
+    mine = todo[runtime.rank :: runtime.world_size]
+    share = PredictionCache(rank_cache(run, name, bench.name, runtime.rank), fp)
+
+    def on_batch(chunk: list[int], texts: list[str], seconds: float) -> None:
+        per_item = seconds / len(chunk)
+        share.append({"id": bench.items[mine[j]].id, "prompt_hash": prompts[mine[j]].key,
+                      "output": t, "seconds": per_item} for j, t in zip(chunk, texts,
+                                                                        strict=True))
+
+    if mine:
+        engine.generate([prompts[i] for i in mine], Sampling(max_new_tokens),
+                        on_batch=on_batch, progress=progress and run.is_main)
+    runtime.barrier()
+    if run.is_main:
+        for rank in range(runtime.world_size):
+            path = rank_cache(run, name, bench.name, rank)
+            if path.is_file():
+                main.append(PredictionCache(path, fp).load().values())
+                path.unlink()
+    runtime.barrier()
+
+
+def rank_cache(run: RunDir, name: str, bench: str, rank: int) -> Path:
+    """One process's share of a distributed evaluation, before the merge."""
+    path = run.cache_file(name, bench)
+    return path.with_name(f"{path.stem}.rank-{rank}{path.suffix}")
 
 
 def sample_record(bench: Benchmark, item: Item, prompt: BenchPrompt, prediction: str,
@@ -160,14 +211,14 @@ def load_benchmarks(files: Sequence[str | Path], run: RunDir,
 def evaluate(model: Any, files: Sequence[str | Path], out_dir: str | Path, name: str,
              batch_size: int = 128, max_new_tokens: int | None = None, progress: bool = True,
              image_root: str | Path | None = None, templates: str | Path | None = None,
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             runtime: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every benchmark file through run_benchmark; writes predictions/<name>.jsonl.
 
     Returns the summary (the capability scorer over LLaVA-format samples, plus "benchmarks":
     each file's scorer result, and timing) and every sample. max_new_tokens None: each
     benchmark template's own.
     """
-    run = RunDir(out_dir)
+    run = RunDir(out_dir, is_main=getattr(runtime, "is_main", True))
     predictions = run.predictions(name)  # checks the name before any work
     if run.root.exists() and not run.root.is_dir():
         raise InputError("the output directory is a file", run.root)
@@ -181,11 +232,14 @@ def evaluate(model: Any, files: Sequence[str | Path], out_dir: str | Path, name:
         template = load_template(FORMATS[bench.kind].PROMPT, templates)
         tokens = template.max_new_tokens if max_new_tokens is None else max_new_tokens
         runs.append(run_benchmark(engine, bench, run, name, fingerprint, template,
-                                  tokens, progress))
+                                  tokens, progress, runtime))
     seconds = time.perf_counter() - tick
+    if not run.is_main:  # another process of a distributed evaluation: the main one reports
+        return {}, []
     samples = [s for r in runs for s in r.samples]
     write_jsonl(predictions, samples)
     summary = capabilities.summarize(s for s in samples if s["format"] == "llava")
+    runs = [r for r in runs if r is not None]
     summary["benchmarks"] = {r.bench.name: {
         "format": r.bench.kind, "file": str(r.bench.path), "n": len(r.samples),
         "computed": r.computed, "answers": None if r.answers is None else str(r.answers),
@@ -234,8 +288,8 @@ def efficiency_keys(model: TinyVLM, samples: Sequence[Mapping[str, Any]]) -> dic
 def evaluate_models(models: Mapping[str, Any], files: Sequence[Path | str], out_dir: Path,
                     train_file: Path | None, batch_size: int = 128,
                     max_new_tokens: int | None = None, progress: bool = True,
-                    image_root: Path | None = None, templates: Path | None = None
-                    ) -> dict[str, Any]:
+                    image_root: Path | None = None, templates: Path | None = None,
+                    runtime: Any = None) -> dict[str, Any]:
     """Every model on every file, beside the majority-answer baseline; writes the report."""
     rows, samples = [], []
     for name, model in models.items():
@@ -243,7 +297,9 @@ def evaluate_models(models: Mapping[str, Any], files: Sequence[Path | str], out_
         device = next(model.parameters()).device if native else model.device
         with PeakMemory(device) as memory:
             summary, samples = evaluate(model, files, out_dir, name, batch_size, max_new_tokens,
-                                        progress, image_root, templates)
+                                        progress, image_root, templates, runtime)
+        if not getattr(runtime, "is_main", True):
+            continue
         # A model run by another library has no analytic cost: its activated parameters are
         # reported as its total.
         activated = (cost.parameter_split(model.config).activated if native
@@ -251,6 +307,8 @@ def evaluate_models(models: Mapping[str, Any], files: Sequence[Path | str], out_
         extra = (efficiency_keys(model, samples) if native else {}) | memory.result()
         rows.append(report.model_row(name, model.num_parameters(), activated, summary,
                                      **extra))
+    if not getattr(runtime, "is_main", True):
+        return {}
     baseline = None
     llava = [s for s in samples if s["format"] == "llava"]
     if train_file is not None and llava:
