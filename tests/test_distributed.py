@@ -157,3 +157,42 @@ def test_distributed_evaluation_scores_what_one_process_scores(shapes_dir: Path,
     assert cache and not [p for p in cache if ".rank-" in p.name]
     lines = sum(len(p.read_text().splitlines()) for p in cache)
     assert lines == len(result(tmp_path / "two")[1])  # every item decoded once
+
+
+def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path) -> None:
+    """Under DDP the frozen teacher is never wrapped: no gradients, no optimizer state."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from tinyvlm.config import MimicConfig, StageConfig
+    from tinyvlm.models.vlm import TinyVLM
+    from tinyvlm.train.distributed import DistributedRuntime
+    from tinyvlm.train.loop import _Trainer
+    from tinyvlm.train.objectives.mimic import Mimic
+
+    from .conftest import tiny_model_config
+
+    torch.manual_seed(0)
+    TinyVLM.from_tokenizer(tiny_model_config(), tokenizer).save_pretrained(tmp_path / "t")
+    student = TinyVLM.from_tokenizer(tiny_model_config(), tokenizer)
+    stage = StageConfig(name="kd", objective="mimic", steps=1,
+                        mimic=MimicConfig(teacher=str(tmp_path / "t")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1)
+    try:
+        runtime = DistributedRuntime(rank=0, world_size=1)
+        objective = Mimic(student, stage)
+        trainer = _Trainer.build(student, objective, stage, lambda step: 1.0, runtime)
+        assert isinstance(trainer.step_module, torch.nn.parallel.DistributedDataParallel)
+        teacher = objective.teacher.model
+        wrapped = {id(p) for p in trainer.step_module.parameters()}
+        optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        assert not any(id(p) in wrapped or id(p) in optimised for p in teacher.parameters())
+        assert not any(p.requires_grad for p in teacher.parameters())
+    finally:
+        dist.destroy_process_group()
