@@ -167,11 +167,14 @@ class _Trainer:
                 # Scale so the accumulated gradient is the mean over all units of the step.
                 total.mul(out.units).backward()
         units = self.runtime.all_reduce_sum(sum(o.units for o in outputs)) or 1.0
-        # A data-parallel wrapper averaged the summed gradients over processes: scale back.
-        scale = self.runtime.gradient_average / units
+        # A data-parallel wrapper averaged the summed gradients over processes: scale back
+        # (one process divides exactly as it always has).
+        average = self.runtime.gradient_average
         for p in self.params:
             if p.grad is not None:
-                p.grad.mul_(scale)
+                if average != 1:
+                    p.grad.mul_(average)
+                p.grad.div_(units)
         clip = self.stage.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip) if clip
                           else _grad_norm(self.params))
