@@ -235,3 +235,26 @@ def test_a_template_that_writes_bos_gets_one(tmp_path: Path) -> None:
     assert prompt.ids == list(ref["input_ids"][0])
     ours = import_model(tmp_path / "m").tokenizer
     assert ours.encode_prompt([], "what shape is there ?", 16) == prompt.ids
+
+
+def test_a_transformers_model_is_served(tmp_path: Path) -> None:
+    """tinyvlm serve with the transformers adapter: the answer is the adapter engine's."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from tinyvlm.serve.app import create_app, running
+
+    from .test_serve import ask
+
+    small_llava(tmp_path / "m", patch=8)
+    model = TransformersVLM(tmp_path / "m")
+    img = photo(3, (40, 32))
+    engine = model.engine(1)
+    from tinyvlm.infer import Sampling
+
+    expected = engine.generate([engine.encode([], "<image>\nwhat shape ?", [img])],
+                               Sampling(6))[0]
+    with running(create_app(model, "hf", None)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(model="hf", messages=ask("what shape ?", img),
+                                               max_tokens=6)
+    assert reply.choices[0].message.content == expected

@@ -105,9 +105,13 @@ def chat(model: str, images: tuple[str, ...], max_new_tokens: int, temperature: 
 @click.option("--batch-window-ms", default=10.0, show_default=True,
               help="How long a batch waits for more requests.")
 @click.option("--max-tokens", default=512, show_default=True, help="Largest max_tokens.")
+@click.option("--backend", type=click.Choice(["auto", "tinyvlm", "transformers"]),
+              default="auto", show_default=True,
+              help="Who runs MODEL (as for tinyvlm eval): transformers serves any "
+                   "AutoModelForImageTextToText directory.")
 def serve(model: str, host: str, port: int, name: str | None, api_key: str | None,
           image_dir: str | None, max_batch: int, batch_window_ms: float,
-          max_tokens: int) -> None:
+          max_tokens: int, backend: str) -> None:
     """Serve MODEL with an OpenAI-compatible chat-completions API and a web page at /.
 
     POST /v1/chat/completions (text and image_url parts, images as data URLs; stream: true
@@ -129,7 +133,9 @@ def serve(model: str, host: str, port: int, name: str | None, api_key: str | Non
         raise InputError("--image-dir: no such directory", image_dir)
     if max_batch < 1 or batch_window_ms < 0 or max_tokens < 1:
         raise InputError("--max-batch and --max-tokens must be >= 1, --batch-window-ms >= 0")
-    m = load_model(model)
+    from tinyvlm.cli.evaluate import load_eval_model
+
+    m = load_eval_model(model, backend) if backend != "tinyvlm" else load_model(model)
     limits = Limits(max_tokens=max_tokens, image_dir=Path(image_dir) if image_dir else None)
     app = create_app(m, name or Path(model).resolve().name, api_key, limits, max_batch,
                      batch_window_ms / 1000)

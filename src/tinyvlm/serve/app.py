@@ -31,7 +31,8 @@ def error(e: RequestError) -> JSONResponse:
 def create_app(model: Any, name: str, api_key: str | None = None, limits: Limits | None = None,
                max_batch: int = 16, window_s: float = 0.01) -> Starlette:
     limits = limits or Limits()
-    engine = Engine(model, batch_size=max_batch)
+    # A model run by another library (the transformers adapter) brings its own engine.
+    engine = model.engine(max_batch) if hasattr(model, "engine") else Engine(model, max_batch)
     batcher = Batcher(engine, max_batch, window_s)
     created = int(time.time())
 
