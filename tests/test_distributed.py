@@ -196,3 +196,36 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
         assert not any(p.requires_grad for p in teacher.parameters())
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
+    """parallel.strategy fsdp (FSDP2 fully_shard over 2 processes) against DDP: the same
+    weights; its checkpoints are whole, so the run resumes on one process."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=4, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1,
+                         log_every=1, checkpoint_every=2)
+    recipe.threads = 1
+    ddp_file = tmp_path / "ddp.yaml"
+    ddp_file.write_text(dump_yaml(recipe))
+    recipe.parallel.strategy = "fsdp"
+    fsdp_file = tmp_path / "fsdp.yaml"
+    fsdp_file.write_text(dump_yaml(recipe))
+    ddp = train(ddp_file, tmp_path / "ddp", 2)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    fsdp = train(fsdp_file, tmp_path / "fsdp", 2)
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    a = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    # Its step-2 checkpoint resumes on one process and ends where it ended.
+    shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / "sft" / "step-000004")
+    shutil.rmtree(tmp_path / "fsdp" / "model")
+    resumed = launch(ddp_file, tmp_path / "fsdp", 1, resume=True)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    c = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
+    assert max(float((b[k] - c[k]).abs().max()) for k in b) < 1e-5

@@ -32,7 +32,7 @@ def train(recipe: str, out: str | None, resume: bool, quiet: bool) -> None:
         raise InputError("--out is empty")
     r = load_runnable_recipe(recipe)
     run_dir = Path(out or f"runs/{r.name}")
-    runtime = runtime_from_env()  # torchrun's processes, or one
+    runtime = runtime_from_env(r.parallel.strategy, r.parallel.cpu_offload)  # torchrun's
     try:
         run_recipe(r, run_dir, resume=resume, progress=not quiet, runtime=runtime)
     finally:

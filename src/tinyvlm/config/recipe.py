@@ -25,6 +25,12 @@ from tinyvlm.schema import from_dict, load_yaml
 
 
 @dataclass
+class ParallelConfig:
+    strategy: str = "ddp"
+    cpu_offload: bool = False  # fsdp: parameters and optimizer state live on the CPU
+
+
+@dataclass
 class Recipe:
     name: str = "demo"
     seed: int = 0
@@ -40,6 +46,9 @@ class Recipe:
     stages: list[StageConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: int | None = None  # torch intra-op threads; None: torch's default
+    # Under torchrun: "ddp" (a full replica per process) or "fsdp" (FSDP2: parameters,
+    # gradients and optimizer state sharded over the processes), optionally kept on the CPU.
+    parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig())
 
     def stage_model(self, stage: StageConfig) -> ModelConfig:
         """The config of the model `stage` works on."""
@@ -107,6 +116,8 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
     """Cross-references a dict check cannot see: names, stage models, stage references, the
     sections stage kinds need, and MoE settings; all before anything trains."""
     check_plain_name(recipe.name, "recipe.name", source)
+    require([(recipe.parallel.strategy in ("ddp", "fsdp"), "strategy", "ddp or fsdp",
+              recipe.parallel.strategy)], "recipe.parallel", source)
     for prefix, rules in data_rules(recipe.data, recipe.tokenizer, recipe.eval, recipe.threads,
                                     recipe.seed):
         require(rules, prefix, source)

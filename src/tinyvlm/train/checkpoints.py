@@ -68,8 +68,9 @@ class Checkpoints:
     def path(self, step: int) -> Path:
         return self.run.step_dir(self.stage, step)
 
-    def save(self, step: int, model: TinyVLM, state: dict[str, Any]) -> Path:
+    def save(self, step: int, model: TinyVLM | None, state: dict[str, Any]) -> Path:
         if self.run.is_main:
+            assert model is not None
             if self.fresh:  # an earlier run's checkpoints go once this run has its own
                 self.run.clear_stage(self.stage)
                 self.fresh = False
@@ -127,14 +128,20 @@ class Checkpoints:
             self.run.remove_step(self.stage, step)
         return None
 
-    def restore(self, step: int, model: TinyVLM) -> dict[str, Any]:
-        """Load the model weights of `step` into `model`; return the trainer state."""
+    def read(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the model weights, the trainer state) of checkpoint `step`."""
         path = self.path(step)
         if (problem := self.problem(step)) is not None:
             raise InputError(f"checkpoint is unusable: {problem}", path)
         try:
-            model.load_tensors(load_file(str(path / "model" / "model.safetensors")), path)
-            return torch.load(path / "trainer.pt", weights_only=True)
+            return (load_file(str(path / "model" / "model.safetensors")),
+                    torch.load(path / "trainer.pt", weights_only=True))
         except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
             raise InputError(f"cannot read the checkpoint ({e.__class__.__name__}: {e})",
                              path) from None
+
+    def restore(self, step: int, model: TinyVLM) -> dict[str, Any]:
+        """Load the model weights of `step` into `model`; return the trainer state."""
+        tensors, state = self.read(step)
+        model.load_tensors(tensors, self.path(step))
+        return state

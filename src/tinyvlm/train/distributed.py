@@ -50,9 +50,114 @@ class DistributedRuntime(Runtime):
         return self.world_size
 
 
-def runtime_from_env() -> Runtime:
+@dataclass
+class FSDPRuntime(DistributedRuntime):
+    """FSDP2: every transformer block and the rest of the trained module sharded over the
+    processes (parameters, gradients, optimizer state), optionally on the CPU. Checkpoints
+    gather the full weights and optimizer state (single files, as one process writes them),
+    so a run resumes on any number of processes; after a stage the model is rebuilt whole."""
+
+    cpu_offload: bool = False
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        kw = {"mesh": mesh,
+              "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()}
+        model = module.model  # type: ignore[attr-defined]
+        for block in [*model.language.blocks, *model.vision.blocks]:
+            fully_shard(block, **kw)
+        fully_shard(module, **kw)
+        return module
+
+    def accumulate(self, module: nn.Module, last: bool) -> AbstractContextManager[None]:
+        module.set_requires_gradient_sync(last)  # type: ignore[operator]
+        return nullcontext()
+
+    def checkpoint_view(self, model: nn.Module, step_module: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, dict]:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        optim = get_optimizer_state_dict(step_module, optimizer, options=options)
+        if not self.is_main:
+            return None, {}
+        # Stored as a single process's optimizer stores it: any runtime resumes from it.
+        return self._plain(model, weights), indexed_state(optim)
+
+    def load_checkpoint(self, model: nn.Module, step_module: nn.Module,
+                        tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                        optimizer_state: dict, where: object = None) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        if "language.lm_head.weight" not in tensors and "language.embed.weight" in tensors:
+            tensors = {**tensors, "language.lm_head.weight": tensors["language.embed.weight"]}
+        set_model_state_dict(model, tensors, options=options)
+        set_optimizer_state_dict(step_module, optimizer,
+                                 named_state(optimizer_state, param_names(step_module, optimizer)),
+                                 options=options)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        return self._plain(model, weights).to(self.device)
+
+    @staticmethod
+    def _plain(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """A fresh, unsharded model with `weights` (full tensors)."""
+        import copy
+
+        plain = type(model)(copy.deepcopy(model.config), model.tokenizer)  # type: ignore
+        plain.load_state_dict({k: v.detach().cpu() for k, v in weights.items()},
+                              strict=False)
+        return plain
+
+
+def param_names(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """Each optimizer group's parameters by their names in `module`, in the group's order."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+
+def indexed_state(named: dict) -> dict:
+    """A name-keyed optimizer state (torch.distributed.checkpoint's) as torch.optim's own
+    state_dict keys it: parameters numbered in group order."""
+    index: dict[str, int] = {}
+    groups = []
+    for group in named["param_groups"]:
+        ids = [index.setdefault(n, len(index)) for n in group["params"]]
+        groups.append({**group, "params": ids})
+    return {"state": {index[n]: v for n, v in named["state"].items()}, "param_groups": groups}
+
+
+def named_state(indexed: dict, names: list[list[str]]) -> dict:
+    """The inverse of indexed_state, given the parameter names of each group."""
+    flat = [n for group in names for n in group]
+    groups = [{**g, "params": list(n)} for g, n in zip(indexed["param_groups"], names,
+                                                        strict=True)]
+    return {"state": {flat[int(i)]: v for i, v in indexed["state"].items()},
+            "param_groups": groups}
+
+
+def runtime_from_env(strategy: str = "ddp", cpu_offload: bool = False) -> Runtime:
     """The runtime torchrun's environment asks for (RANK, WORLD_SIZE, LOCAL_RANK), or the
-    single-process one."""
+    single-process one; `strategy` "fsdp" shards with FSDP2."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Runtime()
@@ -65,6 +170,8 @@ def runtime_from_env() -> Runtime:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT)
+    if strategy == "fsdp":
+        return FSDPRuntime(device=device, rank=rank, world_size=world, cpu_offload=cpu_offload)
     return DistributedRuntime(device=device, rank=rank, world_size=world)
 
 

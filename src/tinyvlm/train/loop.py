@@ -133,21 +133,28 @@ class _Trainer:
     @classmethod
     def build(cls, model: TinyVLM, objective: Objective, stage: StageConfig,
               schedule: Any, runtime: Runtime) -> _Trainer:
+        configure_trainable(model, objective, stage)  # requires_grad first: wrappers read it
+        step_module = runtime.wrap(TrainStep(model, objective))
+        # The groups after wrapping: a sharding wrapper replaces the parameters.
         groups = configure_trainable(model, objective, stage)
         optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=tuple(stage.betas))
-        return cls(stage, runtime.wrap(TrainStep(model, objective)), objective, optimizer,
+        return cls(stage, step_module, objective, optimizer,
                    torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                    [p for g in groups for p in g["params"]], runtime)
 
-    def state(self, step: int) -> dict[str, Any]:
-        return {"step": step, "stage": to_dict(self.stage),
-                "objective": self.objective.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), **self.runtime.rng_state()}
+    def checkpoint(self, model: TinyVLM, step: int) -> tuple[TinyVLM | None, dict[str, Any]]:
+        """The model and trainer state a checkpoint of `step` holds (gathered from every
+        process by a sharding runtime: all processes call this)."""
+        plain, optim = self.runtime.checkpoint_view(model, self.step_module, self.optimizer)
+        return plain, {"step": step, "stage": to_dict(self.stage),  # type: ignore[return-value]
+                       "objective": self.objective.state_dict(), "optimizer": optim,
+                       "scheduler": self.scheduler.state_dict(), **self.runtime.rng_state()}
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, model: TinyVLM, tensors: dict[str, Any], state: dict[str, Any],
+             where: object = None) -> None:
         self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.runtime.load_checkpoint(model, self.step_module, tensors, self.optimizer,
+                                     state["optimizer"], where)
         self.scheduler.load_state_dict(state["scheduler"])
         self.runtime.set_rng_state(state)
 
@@ -176,8 +183,9 @@ class _Trainer:
                     p.grad.mul_(average)
                 p.grad.div_(units)
         clip = self.stage.grad_clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip) if clip
-                          else _grad_norm(self.params))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip) if clip \
+            else _grad_norm(self.params)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         loss = self.runtime.all_reduce_sum(
             sum(float(o.loss.detach()) * o.units for o in outputs)) / units
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -279,7 +287,7 @@ def train_stage(
             at_checkpoint = done == stage.steps or (stage.checkpoint_every
                                                     and done % stage.checkpoint_every == 0)
             if at_checkpoint or stop.asked:
-                ckpts.save(done, model, trainer.state(done))
+                ckpts.save(done, *trainer.checkpoint(model, done))
             if stop.asked and done < stage.steps:
                 bar.close()
                 raise TrainingInterrupted(stage.name, done, True)
@@ -312,7 +320,8 @@ def _restore_or_reset(run: RunDir, ckpts: Checkpoints, trainer: _Trainer, model:
         run.truncate_metrics(stage.name, 0)
         return 0
     ckpts.check_settings(step)
-    trainer.load(ckpts.restore(step, model))
+    tensors, state = ckpts.read(step)
+    trainer.load(model, tensors, state, ckpts.path(step))
     run.truncate_metrics(stage.name, step)
     return step
 

@@ -130,6 +130,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                 stage.model, build_model(recipe, run, stage.model).to(runtime.device))
             STAGE_ACTIONS[stage.action](StageRun(stage, model, recipe, run, runtime, resume,
                                                  progress, depends_on(recipe, i)))
+            models[stage.model] = runtime.unwrap(model)  # whole again after a sharded stage
             runtime.barrier()  # the stage's files (its model, pairs) are there for everyone
         model = models.get("model") or build_model(recipe, run)
         if run.is_main:

@@ -50,6 +50,25 @@ class Runtime:
     def barrier(self) -> None:
         """Every process waits here for the others (one process: nothing to wait for)."""
 
+    def checkpoint_view(self, model: nn.Module, step_module: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, dict]:
+        """(the model as a checkpoint stores it, the optimizer's state): the model itself
+        here; a sharding runtime gathers both (a collective: every process calls it) and
+        returns None for the model on the other processes."""
+        return model, optimizer.state_dict()
+
+    def load_checkpoint(self, model: nn.Module, step_module: nn.Module,
+                        tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                        optimizer_state: dict, where: object = None) -> None:
+        """Weights and optimizer state of a checkpoint into the (wrapped) model."""
+        model.load_tensors(tensors, where)  # type: ignore[operator]
+        optimizer.load_state_dict(optimizer_state)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The model as a plain module again after a stage (a sharding runtime rebuilds it
+        from the gathered weights)."""
+        return model
+
     @property
     def gradient_average(self) -> int:
         """What the data-parallel wrapper divides summed gradients by (the world size for
