@@ -229,3 +229,50 @@ def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
     assert resumed.returncode == 0, err[-2000:]
     c = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
     assert max(float((b[k] - c[k]).abs().max()) for k in b) < 1e-5
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
+                                         strategy: str) -> None:
+    """Patch labels, SFT, mimic from a teacher stage, upcycling, pair building (rank 0) and
+    preference distillation, on 2 processes: the weights one process trains."""
+    from .test_recipes_multi import stage, teacher_student
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = teacher_student(data)
+    for s in recipe.stages:
+        s.batch_size = 8
+    recipe.stages.insert(0, stage("vision", objective="patch_labels", trainable=["vision"],
+                                  batch_size=8))
+    recipe.stages.append(stage("pairs", action="build_pairs",
+                               build_pairs={"samples": 2, "max_prompts": 8, "seed": 1}))
+    recipe.stages.append(stage("pref", objective="preference", batch_size=4,
+                               preference={"pairs": "stage:pairs",
+                                           "teacher": "stage:teacher-sft"}))
+    recipe.threads = 1
+    recipe.parallel.strategy = strategy
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(dump_yaml(recipe))
+    one = train(recipe_file, tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = train(recipe_file, tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text()
+                .splitlines()] for d in ("one", "two")}
+    assert [(r["stage"], r["step"]) for r in rows["one"]] == \
+        [(r["stage"], r["step"]) for r in rows["two"]]
+    for r, s in zip(rows["one"], rows["two"], strict=True):
+        # The MoE balance loss is computed from each process's own tokens (as in every
+        # data-parallel trainer): the stages with routers agree less closely.
+        tol = 1e-3 if "router_loss" in r else 1e-5
+        assert abs(r["loss"] - s["loss"]) < tol, (r, s)
+        assert abs(r.get("ce", 0) - s.get("ce", 0)) < max(tol, 1e-4), (r, s)  # reduced too
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    # Adam turns float-level gradient noise into lr-sized steps where a gradient is ~0.
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2
+    pairs = (tmp_path / "two" / "checkpoints" / "pairs" / "pairs.jsonl").read_text()
+    assert pairs == (tmp_path / "one" / "checkpoints" / "pairs" / "pairs.jsonl").read_text()

@@ -45,6 +45,17 @@ class DistributedRuntime(Runtime):
     def barrier(self) -> None:
         dist.barrier()
 
+    def mean_metrics(self, sums: dict[str, tuple[float, float]]) -> dict[str, float]:
+        # Processes may report different metrics (RDist needs images): gather them all.
+        every: list[dict[str, tuple[float, float]]] = [{} for _ in range(self.world_size)]
+        dist.all_gather_object(every, sums)
+        merged: dict[str, tuple[float, float]] = {}
+        for part in every:
+            for k, (total, n) in part.items():
+                t, c = merged.get(k, (0.0, 0.0))
+                merged[k] = (t + total, c + n)
+        return super().mean_metrics(merged)
+
     @property
     def gradient_average(self) -> int:
         return self.world_size

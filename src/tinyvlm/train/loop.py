@@ -270,7 +270,7 @@ def train_stage(
             try:
                 loss, grad_norm, outputs = trainer.step(micro)
                 window.add(loss, sum(b.num_tokens for b in micro), time.perf_counter() - tick,
-                           _mean_metrics(outputs))
+                           runtime.mean_metrics(_metric_sums(outputs)))
             except NonFiniteStep as e:
                 if stage.on_nonfinite == "stop":
                     raise _diverged(stage, step, e, ckpts) from None
@@ -379,15 +379,17 @@ class _Window:
         return row
 
 
-def _mean_metrics(outputs: list[LossOutput]) -> dict[str, float]:
-    """Mean of each metric over the micro-batches that report it (some, e.g. RDist, need
-    images a micro-batch may lack)."""
-    keys = dict.fromkeys(k for o in outputs for k in o.metrics)
-    means = {}
-    for k in keys:
-        values = [o.metrics[k] for o in outputs if k in o.metrics]
-        means[k] = sum(values) / len(values)
-    return means
+def _metric_sums(outputs: list[LossOutput]) -> dict[str, tuple[float, float]]:
+    """Each metric weighted by its micro-batch's units (tokens, patches, pairs), summed with
+    the units, over the micro-batches that report it (some, e.g. RDist, need images a
+    micro-batch may lack); the runtime turns them into means over every process's units,
+    as the loss is."""
+    sums: dict[str, tuple[float, float]] = {}
+    for o in outputs:
+        for k, v in o.metrics.items():
+            total, n = sums.get(k, (0.0, 0.0))
+            sums[k] = (total + v * o.units, n + o.units)
+    return sums
 
 
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:

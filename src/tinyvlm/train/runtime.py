@@ -50,6 +50,10 @@ class Runtime:
     def barrier(self) -> None:
         """Every process waits here for the others (one process: nothing to wait for)."""
 
+    def mean_metrics(self, sums: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """Means of the (weighted sum, weight) of each metric, over every process."""
+        return {k: total / n for k, (total, n) in sums.items() if n}
+
     def checkpoint_view(self, model: nn.Module, step_module: nn.Module,
                         optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, dict]:
         """(the model as a checkpoint stores it, the optimizer's state): the model itself
