@@ -88,7 +88,8 @@ class FSDPRuntime(DistributedRuntime):
         return nullcontext()
 
     def checkpoint_view(self, model: nn.Module, step_module: nn.Module,
-                        optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, dict]:
+                        optimizer: torch.optim.Optimizer
+                        ) -> tuple[nn.Module | None, dict, dict]:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -96,16 +97,21 @@ class FSDPRuntime(DistributedRuntime):
         )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(model, options=options)
+        full = get_model_state_dict(step_module, options=options)  # model.* and objective.*
         optim = get_optimizer_state_dict(step_module, optimizer, options=options)
         if not self.is_main:
-            return None, {}
-        # Stored as a single process's optimizer stores it: any runtime resumes from it.
-        return self._plain(model, weights), indexed_state(optim)
+            return None, {}, {}
+        weights = {k.removeprefix("model."): v for k, v in full.items()
+                   if k.startswith("model.")}
+        objective = {k.removeprefix("objective."): v for k, v in full.items()
+                     if k.startswith("objective.")}
+        # Stored as a single process stores them: any runtime resumes from them.
+        return self._plain(model, weights), indexed_state(optim), objective
 
     def load_checkpoint(self, model: nn.Module, step_module: nn.Module,
                         tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                        optimizer_state: dict, where: object = None) -> None:
+                        optimizer_state: dict, objective_state: dict,
+                        where: object = None) -> None:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -115,7 +121,10 @@ class FSDPRuntime(DistributedRuntime):
         options = StateDictOptions(full_state_dict=True, strict=False)
         if "language.lm_head.weight" not in tensors and "language.embed.weight" in tensors:
             tensors = {**tensors, "language.lm_head.weight": tensors["language.embed.weight"]}
-        set_model_state_dict(model, tensors, options=options)
+        set_model_state_dict(step_module, {**{f"model.{k}": v for k, v in tensors.items()},
+                                           **{f"objective.{k}": v
+                                              for k, v in objective_state.items()}},
+                             options=options)
         set_optimizer_state_dict(step_module, optimizer,
                                  named_state(optimizer_state, param_names(step_module, optimizer)),
                                  options=options)

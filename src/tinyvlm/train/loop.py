@@ -145,16 +145,16 @@ class _Trainer:
     def checkpoint(self, model: TinyVLM, step: int) -> tuple[TinyVLM | None, dict[str, Any]]:
         """The model and trainer state a checkpoint of `step` holds (gathered from every
         process by a sharding runtime: all processes call this)."""
-        plain, optim = self.runtime.checkpoint_view(model, self.step_module, self.optimizer)
+        plain, optim, objective = self.runtime.checkpoint_view(model, self.step_module,
+                                                               self.optimizer)
         return plain, {"step": step, "stage": to_dict(self.stage),  # type: ignore[return-value]
-                       "objective": self.objective.state_dict(), "optimizer": optim,
+                       "objective": objective, "optimizer": optim,
                        "scheduler": self.scheduler.state_dict(), **self.runtime.rng_state()}
 
     def load(self, model: TinyVLM, tensors: dict[str, Any], state: dict[str, Any],
              where: object = None) -> None:
-        self.objective.load_state_dict(state["objective"])
         self.runtime.load_checkpoint(model, self.step_module, tensors, self.optimizer,
-                                     state["optimizer"], where)
+                                     state["optimizer"], state["objective"], where)
         self.scheduler.load_state_dict(state["scheduler"])
         self.runtime.set_rng_state(state)
 

@@ -55,17 +55,21 @@ class Runtime:
         return {k: total / n for k, (total, n) in sums.items() if n}
 
     def checkpoint_view(self, model: nn.Module, step_module: nn.Module,
-                        optimizer: torch.optim.Optimizer) -> tuple[nn.Module | None, dict]:
-        """(the model as a checkpoint stores it, the optimizer's state): the model itself
-        here; a sharding runtime gathers both (a collective: every process calls it) and
-        returns None for the model on the other processes."""
-        return model, optimizer.state_dict()
+                        optimizer: torch.optim.Optimizer
+                        ) -> tuple[nn.Module | None, dict, dict]:
+        """(the model as a checkpoint stores it, the optimizer's state, the objective's):
+        the live ones here; a sharding runtime gathers them (a collective: every process
+        calls it) and returns None for the model on the other processes."""
+        objective = getattr(step_module, "module", step_module).objective  # DDP: .module
+        return model, optimizer.state_dict(), objective.state_dict()
 
     def load_checkpoint(self, model: nn.Module, step_module: nn.Module,
                         tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                        optimizer_state: dict, where: object = None) -> None:
-        """Weights and optimizer state of a checkpoint into the (wrapped) model."""
+                        optimizer_state: dict, objective_state: dict,
+                        where: object = None) -> None:
+        """Weights, objective and optimizer state of a checkpoint into the trained module."""
         model.load_tensors(tensors, where)  # type: ignore[operator]
+        getattr(step_module, "module", step_module).objective.load_state_dict(objective_state)
         optimizer.load_state_dict(optimizer_state)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
