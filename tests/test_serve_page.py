@@ -30,9 +30,9 @@ def browser() -> tuple[str, str] | None:
     if found() is None and hasattr(os, "geteuid") and os.geteuid() == 0 and \
             shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd, limit in ((["apt-get", "update", "-qq"], 120),
+        for cmd, limit in ((["apt-get", "update", "-qq"], 60),
                            (["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
-                            360)):
+                            300)):
             try:
                 subprocess.run(cmd, env=env, capture_output=True, timeout=limit, check=False)
             except (OSError, subprocess.TimeoutExpired):
