@@ -31,6 +31,26 @@ def train(recipe_file: Path, out: Path, procs: int) -> subprocess.CompletedProce
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def save(recipe, path: Path) -> Path:
+    """The recipe as a file, one torch thread per process (two processes share 2 cores)."""
+    recipe.threads = 1
+    path.write_text(dump_yaml(recipe))
+    return path
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path) -> dict:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def train_ok(recipe_file: Path, out: Path, procs: int) -> None:
+    done = train(recipe_file, out, procs)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_two_processes_train_what_one_trains(shapes_dir: Path, tmp_path: Path,
@@ -39,22 +59,16 @@ def test_two_processes_train_what_one_trains(shapes_dir: Path, tmp_path: Path,
     shutil.copytree(shapes_dir, data)
     recipe = tiny_recipe(data, steps=3, batch_size=8, grad_accum=grad_accum, lr=1e-3,
                          warmup_steps=1, log_every=1)
-    recipe.threads = 1
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(dump_yaml(recipe))
-    one = train(recipe_file, tmp_path / "one", 1)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = train(recipe_file, tmp_path / "two", 2)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    recipe_file = save(recipe, tmp_path / "recipe.yaml")
+    train_ok(recipe_file, tmp_path / "one", 1)
+    train_ok(recipe_file, tmp_path / "two", 2)
+    a = weights(tmp_path / "one")
+    b = weights(tmp_path / "two")
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-5, worst  # the same gradient, summed in another order
-    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text()
-            .splitlines()]
-    ones = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text()
-            .splitlines()]
+    rows = metrics(tmp_path / "two")
+    ones = metrics(tmp_path / "one")
     assert [r["step"] for r in rows] == [r["step"] for r in ones] == [1, 2, 3]  # logged once
     for r, s in zip(rows, ones, strict=True):
         assert abs(r["loss"] - s["loss"]) < 1e-5
@@ -90,11 +104,8 @@ def test_a_killed_worker_and_a_resume_on_another_world_size(shapes_dir: Path, tm
     shutil.copytree(shapes_dir, data)
     recipe = tiny_recipe(data, steps=40, batch_size=8, lr=1e-3, warmup_steps=1,
                          log_every=5, checkpoint_every=5, keep_checkpoints=2)
-    recipe.threads = 1
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(dump_yaml(recipe))
-    ref = train(recipe_file, tmp_path / "ref", 1)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    recipe_file = save(recipe, tmp_path / "recipe.yaml")
+    train_ok(recipe_file, tmp_path / "ref", 1)
     proc = launch(recipe_file, tmp_path / "run", first)
     ckpt = tmp_path / "run" / "checkpoints" / "sft"
     deadline = time.monotonic() + 120
@@ -115,15 +126,13 @@ def test_a_killed_worker_and_a_resume_on_another_world_size(shapes_dir: Path, tm
     assert resumed.returncode == 0, err[-2000:]
     # The resumed run logs the uninterrupted run's losses; its weights agree but for
     # Adam's lr-sized steps where a gradient is ~0 and its sign is float noise.
-    ref_rows = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text()
-                .splitlines()]
-    run_rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
-                .splitlines()]
+    ref_rows = metrics(tmp_path / "ref")
+    run_rows = metrics(tmp_path / "run")
     assert [r["step"] for r in ref_rows] == [r["step"] for r in run_rows]
     for r, s in zip(ref_rows, run_rows, strict=True):
         assert abs(r["loss"] - s["loss"]) < 1e-3, (r, s)
-    a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    a = weights(tmp_path / "ref")
+    b = weights(tmp_path / "run")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2
 
 
@@ -214,18 +223,13 @@ def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(shapes_dir, data)
     recipe = tiny_recipe(data, steps=4, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1,
                          log_every=1, checkpoint_every=2)
-    recipe.threads = 1
-    ddp_file = tmp_path / "ddp.yaml"
-    ddp_file.write_text(dump_yaml(recipe))
+    ddp_file = save(recipe, tmp_path / "ddp.yaml")
     recipe.parallel.strategy = "fsdp"
-    fsdp_file = tmp_path / "fsdp.yaml"
-    fsdp_file.write_text(dump_yaml(recipe))
-    ddp = train(ddp_file, tmp_path / "ddp", 2)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    fsdp = train(fsdp_file, tmp_path / "fsdp", 2)
-    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
-    a = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
+    fsdp_file = save(recipe, tmp_path / "fsdp.yaml")
+    train_ok(ddp_file, tmp_path / "ddp", 2)
+    train_ok(fsdp_file, tmp_path / "fsdp", 2)
+    a = weights(tmp_path / "ddp")
+    b = weights(tmp_path / "fsdp")
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-5, worst
@@ -235,7 +239,7 @@ def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
     resumed = launch(ddp_file, tmp_path / "fsdp", 1, resume=True)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
-    c = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
+    c = weights(tmp_path / "fsdp")
     assert max(float((b[k] - c[k]).abs().max()) for k in b) < 1e-5
 
 
@@ -259,16 +263,11 @@ def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
     recipe.stages.append(stage("pref", objective="preference", batch_size=4,
                                preference={"pairs": "stage:pairs",
                                            "teacher": "stage:teacher-sft"}))
-    recipe.threads = 1
     recipe.parallel.strategy = strategy
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(dump_yaml(recipe))
-    one = train(recipe_file, tmp_path / "one", 1)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = train(recipe_file, tmp_path / "two", 2)
-    assert two.returncode == 0, two.stderr[-3000:]
-    rows = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text()
-                .splitlines()] for d in ("one", "two")}
+    recipe_file = save(recipe, tmp_path / "recipe.yaml")
+    train_ok(recipe_file, tmp_path / "one", 1)
+    train_ok(recipe_file, tmp_path / "two", 2)
+    rows = {d: metrics(tmp_path / d) for d in ("one", "two")}
     assert [(r["stage"], r["step"]) for r in rows["one"]] == \
         [(r["stage"], r["step"]) for r in rows["two"]]
     for r, s in zip(rows["one"], rows["two"], strict=True):
@@ -277,8 +276,8 @@ def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
         tol = 1e-3 if "router_loss" in r else 1e-5
         assert abs(r["loss"] - s["loss"]) < tol, (r, s)
         assert abs(r.get("ce", 0) - s.get("ce", 0)) < max(tol, 1e-4), (r, s)  # reduced too
-    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    a = weights(tmp_path / "one")
+    b = weights(tmp_path / "two")
     assert a.keys() == b.keys()
     # Adam turns float-level gradient noise into lr-sized steps where a gradient is ~0.
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2
@@ -303,13 +302,10 @@ def test_task_heads_under_torchrun(shapes_dir: Path, tmp_path: Path, strategy: s
                                              "log_every": 1})]
     recipe.model.vision.moe = MoEConfig(experts=4, top_k=2, layers=[1],
                                         task_routing="multi_gate", num_tasks=4)
-    recipe.threads = 1
     recipe.parallel.strategy = strategy
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(dump_yaml(recipe))
+    recipe_file = save(recipe, tmp_path / "recipe.yaml")
     for name, procs in (("one", 1), ("two", 2)):
-        done = train(recipe_file, tmp_path / name, procs)
-        assert done.returncode == 0, done.stderr[-3000:]
+        train_ok(recipe_file, tmp_path / name, procs)
     # Not compared: the task-heads loss is not exact across processes (a sum of per-task
     # means, which its units cannot make global); docs/distributed.md says so.
     import torch
