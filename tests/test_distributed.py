@@ -46,6 +46,21 @@ def weights(run: Path) -> dict:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+def objective_state(step_dir: Path) -> dict:
+    """The objective's whole tensors in a checkpoint of either kind."""
+    import torch
+
+    if not (step_dir / "dcp").is_dir():
+        return torch.load(step_dir / "trainer.pt", weights_only=True)["objective"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = step_dir.parent / f"{step_dir.name}.pt"
+    dcp_to_torch_save(step_dir / "dcp", whole)
+    train = torch.load(whole, weights_only=False)["train"]
+    return {k.removeprefix("objective."): v for k, v in train.items()
+            if k.startswith("objective.")}
+
+
 def train_ok(recipe_file: Path, out: Path, procs: int) -> None:
     done = train(recipe_file, out, procs)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -310,8 +325,9 @@ def test_task_heads_under_torchrun(shapes_dir: Path, tmp_path: Path, strategy: s
     # means, which its units cannot make global); docs/distributed.md says so.
     import torch
 
-    heads = [torch.load(tmp_path / d / "checkpoints" / "tasks" / "step-000003" / "trainer.pt",
-                        weights_only=True)["objective"] for d in ("one", "two")]
+    heads = [objective_state(tmp_path / d / "checkpoints" / "tasks" / "step-000003")
+             for d in ("one", "two")]
+    assert (tmp_path / "two" / "checkpoints" / "tasks" / "step-000003" / "dcp").is_dir()
     assert heads[0].keys() == heads[1].keys() and heads[0]
     for k in heads[0]:
         assert heads[0][k].shape == heads[1][k].shape  # whole tensors, not shards

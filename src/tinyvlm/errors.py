@@ -30,6 +30,11 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted in stage '{stage}' after step {step}; {what}")
 
 
+class PeerLost(RuntimeError):
+    """A collective of a distributed run timed out or lost a peer: another process died or
+    stopped answering. `str(err)` is one line naming this process's rank."""
+
+
 def closest(name: str, options: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest valid option, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)

@@ -23,7 +23,7 @@ from tinyvlm.cli.score import score_group
 from tinyvlm.cli.serve import chat, serve
 from tinyvlm.cli.tasks import tasks
 from tinyvlm.cli.train import demo, train
-from tinyvlm.errors import InputError, TrainingInterrupted
+from tinyvlm.errors import InputError, PeerLost, TrainingInterrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +65,9 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except PeerLost as e:  # the other processes are ended by torchrun
+        click.echo(f"error: {e}; resume with: {resume_command()}", err=True)
+        sys.exit(1)
     except TrainingInterrupted as e:
         click.echo(f"{e}; resume with: {resume_command()}", err=True)
         sys.exit(130)

@@ -61,11 +61,10 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
                              given)
     if name == "":
         raise InputError("--name is empty")
-    from tinyvlm.train.distributed import runtime_from_env, shutdown
+    from tinyvlm.train.distributed import launched
 
     train_path = Path(train_file) if train_file else Path(data_files[0]).parent / "train.json"
-    runtime = runtime_from_env()  # under torchrun each process decodes a share of the items
-    try:
+    with launched() as runtime:  # under torchrun each process decodes a share of the items
         results = evaluate_models({name or Path(model).resolve().name:
                                    load_eval_model(model, backend)},
                                   list(data_files), Path(out),
@@ -74,8 +73,6 @@ def eval_cmd(model: str, data_files: tuple[str, ...], out: str, name: str | None
                                   image_root=None if image_root is None else Path(image_root),
                                   templates=None if templates is None else Path(templates),
                                   runtime=runtime)
-    finally:
-        shutdown(runtime)
     if not runtime.is_main:
         return
     click.echo(format_table(results))

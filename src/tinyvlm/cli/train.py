@@ -25,18 +25,15 @@ def train(recipe: str, out: str | None, resume: bool, quiet: bool) -> None:
       tinyvlm train recipes/demo.yaml --out runs/mine
       tinyvlm train demo --out runs/mine --resume
     """
-    from tinyvlm.train.distributed import runtime_from_env, shutdown
+    from tinyvlm.train.distributed import launched
     from tinyvlm.train.pipeline import load_runnable_recipe, run_recipe
 
     if out == "":
         raise InputError("--out is empty")
     r = load_runnable_recipe(recipe)
     run_dir = Path(out or f"runs/{r.name}")
-    runtime = runtime_from_env(r.parallel.strategy, r.parallel.cpu_offload)  # torchrun's
-    try:
+    with launched(r.parallel) as runtime:  # torchrun's environment, if any
         run_recipe(r, run_dir, resume=resume, progress=not quiet, runtime=runtime)
-    finally:
-        shutdown(runtime)
     if runtime.is_main:
         click.echo(f"model written to {run_dir / 'model'}")
 

@@ -28,6 +28,15 @@ from tinyvlm.schema import from_dict, load_yaml
 class ParallelConfig:
     strategy: str = "ddp"
     cpu_offload: bool = False  # fsdp: parameters and optimizer state live on the CPU
+    # fsdp: the dtype blocks compute in (FSDP2's mixed precision; gradients are reduced and
+    # the sharded weights kept in fp32)
+    param_dtype: str = "fp32"
+    # sharded: every process writes its shards (torch.distributed.checkpoint); gathered: the
+    # main process writes whole tensors, as one process does
+    checkpoints: str = "sharded"
+    # teachers and references: replicate on every process, or shard (FSDP2, inference only)
+    frozen: str = "replicate"
+    timeout_s: float = 600.0  # a collective waiting longer fails the run (a dead peer)
 
 
 @dataclass
@@ -116,8 +125,16 @@ def check_recipe(recipe: Recipe, source: str | Path | None = None) -> None:
     """Cross-references a dict check cannot see: names, stage models, stage references, the
     sections stage kinds need, and MoE settings; all before anything trains."""
     check_plain_name(recipe.name, "recipe.name", source)
-    require([(recipe.parallel.strategy in ("ddp", "fsdp"), "strategy", "ddp or fsdp",
-              recipe.parallel.strategy)], "recipe.parallel", source)
+    par = recipe.parallel
+    require([(par.strategy in ("ddp", "fsdp"), "strategy", "ddp or fsdp", par.strategy),
+             (par.param_dtype in ("fp32", "bf16"), "param_dtype", "fp32 or bf16",
+              par.param_dtype),
+             (par.checkpoints in ("sharded", "gathered"), "checkpoints",
+              "sharded or gathered", par.checkpoints),
+             (par.frozen in ("replicate", "shard"), "frozen", "replicate or shard",
+              par.frozen),
+             (par.timeout_s > 0, "timeout_s", "> 0", par.timeout_s)],
+            "recipe.parallel", source)
     for prefix, rules in data_rules(recipe.data, recipe.tokenizer, recipe.eval, recipe.threads,
                                     recipe.seed):
         require(rules, prefix, source)

@@ -7,21 +7,48 @@ this is the single-process runtime."""
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
+from tinyvlm.config.recipe import ParallelConfig
+from tinyvlm.errors import PeerLost
 from tinyvlm.train.runtime import Runtime
-
-TIMEOUT = timedelta(minutes=10)  # a dead worker fails its peers' collectives, not hangs them
 
 
 @dataclass
 class DistributedRuntime(Runtime):
+    checkpoints: str = "sharded"  # or "gathered": whole tensors from the main process
+    frozen: str = "replicate"  # or "shard": teachers and references split (FSDP2)
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        return self.checkpoints == "sharded"
+
+    def prepare_frozen(self, module: nn.Module) -> None:
+        """With frozen "shard", FSDP2 for inference: each block's weights are gathered for
+        its forward and freed after it, so a process holds 1/N of the teacher at rest. Every
+        process must then run the teacher on every micro-batch, as the objectives do."""
+        if self.frozen != "shard":
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        kw = {"mesh": self._mesh()}
+        for block in [*module.language.blocks, *module.vision.blocks]:  # type: ignore
+            fully_shard(block, **kw)
+        fully_shard(module, **kw)
+
+    def _mesh(self):  # type: ignore[no-untyped-def]
+        from torch.distributed.device_mesh import init_device_mesh
+
+        return init_device_mesh(self.device.type, (self.world_size,))
+
     def wrap(self, module: nn.Module) -> nn.Module:
         if not any(p.requires_grad for p in module.parameters()):
             return module
@@ -69,13 +96,20 @@ class FSDPRuntime(DistributedRuntime):
     so a run resumes on any number of processes; after a stage the model is rebuilt whole."""
 
     cpu_offload: bool = False
+    param_dtype: str = "fp32"
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+        )
 
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        kw = {"mesh": mesh,
+        precision = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if self.param_dtype == "bf16" else None,
+            reduce_dtype=torch.float32)
+        kw = {"mesh": self._mesh(), "mp_policy": precision,
               "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()}
         model = module.model  # type: ignore[attr-defined]
         for block in [*model.language.blocks, *model.vision.blocks]:
@@ -129,6 +163,16 @@ class FSDPRuntime(DistributedRuntime):
                                  named_state(optimizer_state, param_names(step_module, optimizer)),
                                  options=options)
 
+    def gathered_model(self, model: nn.Module) -> nn.Module | None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # onto rank 0
+        weights = get_model_state_dict(model, options=options)
+        return self._plain(model, weights) if self.is_main else None
+
     def unwrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -175,9 +219,10 @@ def named_state(indexed: dict, names: list[list[str]]) -> dict:
             "param_groups": groups}
 
 
-def runtime_from_env(strategy: str = "ddp", cpu_offload: bool = False) -> Runtime:
+def runtime_from_env(parallel: ParallelConfig | None = None) -> Runtime:
     """The runtime torchrun's environment asks for (RANK, WORLD_SIZE, LOCAL_RANK), or the
-    single-process one; `strategy` "fsdp" shards with FSDP2."""
+    single-process one, configured by the recipe's `parallel` section."""
+    parallel = parallel or ParallelConfig()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Runtime()
@@ -189,15 +234,53 @@ def runtime_from_env(strategy: str = "ddp", cpu_offload: bool = False) -> Runtim
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT)
-    if strategy == "fsdp":
-        return FSDPRuntime(device=device, rank=rank, world_size=world, cpu_offload=cpu_offload)
-    return DistributedRuntime(device=device, rank=rank, world_size=world)
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=parallel.timeout_s))
+    common = {"device": device, "rank": rank, "world_size": world,
+              "checkpoints": parallel.checkpoints, "frozen": parallel.frozen}
+    if parallel.strategy == "fsdp":
+        return FSDPRuntime(**common, cpu_offload=parallel.cpu_offload,
+                           param_dtype=parallel.param_dtype)
+    return DistributedRuntime(**common)
 
 
-def shutdown(runtime: Runtime) -> None:
+def shutdown(runtime: Runtime, failed: bool = False) -> None:
     """Barrier, then destroy the process group: a bare destroy can abort a peer that is
-    still in its last collective."""
-    if isinstance(runtime, DistributedRuntime) and dist.is_initialized():
+    still in its last collective. After a failure nothing waits for the others (they may
+    be gone): the process exits and torchrun ends the rest."""
+    if isinstance(runtime, DistributedRuntime) and dist.is_initialized() and not failed:
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def launched(parallel: ParallelConfig | None = None) -> Iterator[Runtime]:
+    """The runtime for one command, torn down cleanly after it; a collective that timed out
+    or lost a peer becomes PeerLost (one line) instead of a traceback or a hang."""
+    runtime = runtime_from_env(parallel)
+    try:
+        yield runtime
+    except BaseException as e:
+        line = collective_failure(e)
+        shutdown(runtime, failed=True)
+        if line is not None:
+            raise PeerLost(line) from None
+        raise
+    shutdown(runtime)
+
+
+_LOST = ("Timed out", "timed out", "Connection closed by peer", "Connection reset",
+         "Broken pipe", "NCCL error", "Socket Timeout")
+
+
+def collective_failure(e: BaseException) -> str | None:
+    """One line for a collective that timed out or lost a peer (a worker died or hangs), or
+    None for any other error."""
+    text = str(e)
+    if not isinstance(e, RuntimeError | CheckpointException) or \
+            not any(s in text for s in _LOST):
+        return None
+    rank = dist.get_rank() if dist.is_initialized() else "?"
+    cause = next((ln.strip() for ln in text.splitlines() if any(s in ln for s in _LOST)), "")
+    return (f"rank {rank}: another process died or stopped answering ({cause[:200]}); "
+            "this process stops")

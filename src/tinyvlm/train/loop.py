@@ -27,7 +27,7 @@ from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.progress import Progress
 from tinyvlm.rundir import RunDir
 from tinyvlm.schema import to_dict
-from tinyvlm.train.checkpoints import Checkpoints
+from tinyvlm.train.checkpoints import CheckpointContent, Checkpoints, train_state
 from tinyvlm.train.objectives import LossOutput, Objective, TrainData
 from tinyvlm.train.runtime import PRECISIONS, Runtime
 
@@ -134,6 +134,8 @@ class _Trainer:
     def build(cls, model: TinyVLM, objective: Objective, stage: StageConfig,
               schedule: Any, runtime: Runtime) -> _Trainer:
         configure_trainable(model, objective, stage)  # requires_grad first: wrappers read it
+        for frozen in objective.frozen_models():
+            runtime.prepare_frozen(frozen)
         step_module = runtime.wrap(TrainStep(model, objective))
         # The groups after wrapping: a sharding wrapper replaces the parameters.
         groups = configure_trainable(model, objective, stage)
@@ -142,21 +144,35 @@ class _Trainer:
                    torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                    [p for g in groups for p in g["params"]], runtime)
 
-    def checkpoint(self, model: TinyVLM, step: int) -> tuple[TinyVLM | None, dict[str, Any]]:
-        """The model and trainer state a checkpoint of `step` holds (gathered from every
-        process by a sharding runtime: all processes call this)."""
-        plain, optim, objective = self.runtime.checkpoint_view(model, self.step_module,
-                                                               self.optimizer)
-        return plain, {"step": step, "stage": to_dict(self.stage),  # type: ignore[return-value]
-                       "objective": objective, "optimizer": optim,
-                       "scheduler": self.scheduler.state_dict(), **self.runtime.rng_state()}
+    def checkpoint(self, model: TinyVLM, step: int, final: bool) -> CheckpointContent:
+        """What a checkpoint of `step` holds (every process calls this: a sharding runtime
+        gathers or writes shards). Sharded checkpoints hold the whole model only when
+        `final`: the next stage and stage references read it."""
+        base = {"step": step, "stage": to_dict(self.stage),
+                "scheduler": self.scheduler.state_dict()}
+        rt = self.runtime
+        if rt.sharded_checkpoints:
+            whole = rt.gathered_model(model) if final else None
+            return CheckpointContent(whole, base,  # type: ignore[arg-type]
+                                     train_state(self.step_module, self.optimizer),
+                                     rt.rng_state(), rt.rank)
+        plain, optim, objective = rt.checkpoint_view(model, self.step_module, self.optimizer)
+        return CheckpointContent(plain, {**base, "objective": objective,  # type: ignore
+                                         "optimizer": optim, **rt.rng_state()})
 
-    def load(self, model: TinyVLM, tensors: dict[str, Any], state: dict[str, Any],
-             where: object = None) -> None:
-        self.runtime.load_checkpoint(model, self.step_module, tensors, self.optimizer,
-                                     state["optimizer"], state["objective"], where)
+    def load(self, model: TinyVLM, ckpts: Checkpoints, step: int) -> None:
+        """Checkpoint `step` (either kind, made by any number of processes) into the model,
+        objective, optimizer, scheduler and random state."""
+        tensors, state = ckpts.read(step)
+        if tensors is None:
+            rng = ckpts.read_shards(step, self.step_module, self.optimizer, self.runtime.rank)
+        else:
+            self.runtime.load_checkpoint(model, self.step_module, tensors, self.optimizer,
+                                         state["optimizer"], state["objective"],
+                                         ckpts.path(step))
+            rng = state
         self.scheduler.load_state_dict(state["scheduler"])
-        self.runtime.set_rng_state(state)
+        self.runtime.set_rng_state(rng)
 
     def step(self, micro: Sequence[Any]) -> tuple[float, float, list[LossOutput]]:
         """One optimizer step over the micro-batches: (loss, grad norm, their outputs). A
@@ -287,7 +303,8 @@ def train_stage(
             at_checkpoint = done == stage.steps or (stage.checkpoint_every
                                                     and done % stage.checkpoint_every == 0)
             if at_checkpoint or stop.asked:
-                ckpts.save(done, *trainer.checkpoint(model, done))
+                ckpts.save(done, trainer.checkpoint(model, done, done == stage.steps),
+                           runtime.barrier)
             if stop.asked and done < stage.steps:
                 bar.close()
                 raise TrainingInterrupted(stage.name, done, True)
@@ -320,8 +337,7 @@ def _restore_or_reset(run: RunDir, ckpts: Checkpoints, trainer: _Trainer, model:
         run.truncate_metrics(stage.name, 0)
         return 0
     ckpts.check_settings(step)
-    tensors, state = ckpts.read(step)
-    trainer.load(model, tensors, state, ckpts.path(step))
+    trainer.load(model, ckpts, step)
     run.truncate_metrics(stage.name, step)
     return step
 
@@ -332,7 +348,8 @@ def completed(run_dir: str | Path | RunDir, stage: StageConfig,
     when it was made with other settings)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     ckpts = Checkpoints(run, stage.name, stage.keep_checkpoints, depends)
-    done = stage.steps in ckpts.steps() and ckpts.problem(stage.steps) is None
+    done = (stage.steps in ckpts.steps()
+            and ckpts.problem(stage.steps, need_model=True) is None)
     if done:
         ckpts.check_settings(stage.steps)
     return done

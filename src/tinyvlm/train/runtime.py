@@ -72,6 +72,21 @@ class Runtime:
         getattr(step_module, "module", step_module).objective.load_state_dict(objective_state)
         optimizer.load_state_dict(optimizer_state)
 
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """Whether every process writes its shards of a checkpoint (torch.distributed.
+        checkpoint) instead of the main process writing whole tensors."""
+        return False
+
+    def gathered_model(self, model: nn.Module) -> nn.Module | None:
+        """The whole model on the main process (a collective under sharding; None on the
+        other processes there)."""
+        return model
+
+    def prepare_frozen(self, module: nn.Module) -> None:
+        """Place a frozen model (a teacher, a reference) for inference: as it is here; a
+        distributed runtime may shard it."""
+
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The model as a plain module again after a stage (a sharding runtime rebuilds it
         from the gathered weights)."""

@@ -27,7 +27,7 @@ from tinyvlm.models.surgery import upcycle
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.rundir import RunDir
 from tinyvlm.schema import to_dict
-from tinyvlm.train.checkpoints import Checkpoints, first_difference
+from tinyvlm.train.checkpoints import CheckpointContent, Checkpoints, first_difference
 from tinyvlm.train.loop import check_modules, completed, load_final, train_stage
 from tinyvlm.train.objectives import TrainData, objective_class
 from tinyvlm.train.pairs import load_probes, make_pairs
@@ -109,7 +109,7 @@ def run_upcycle(r: StageRun) -> None:
         ckpts.restore(0, r.model)
         return
     init_modules(r)
-    ckpts.save(0, r.model, {"step": 0, "stage": to_dict(stage)})
+    ckpts.save(0, CheckpointContent(r.model, {"step": 0, "stage": to_dict(stage)}))
 
 
 def run_build_pairs(r: StageRun) -> None:

@@ -60,6 +60,11 @@ class Objective(nn.Module):
     def forward(self, model: TinyVLM, batch: Any) -> LossOutput:
         raise NotImplementedError
 
+    def frozen_models(self) -> list[nn.Module]:
+        """The frozen models it runs on every batch (a teacher, a reference): a distributed
+        runtime may shard them (`parallel.frozen`)."""
+        return []
+
 
 def token_cross_entropy(logits: Tensor, target_ids: Tensor) -> tuple[Tensor, int]:
     """Mean cross-entropy over positions with a target (targets are already shifted)."""

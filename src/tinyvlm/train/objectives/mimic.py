@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tinyvlm.config import DataConfig, MimicConfig, StageConfig
 from tinyvlm.data.collate import IGNORE, Batch
@@ -29,7 +29,7 @@ from tinyvlm.train.losses import (
 )
 from tinyvlm.train.objectives.base import LossOutput, TrainData, stage_label, token_cross_entropy
 from tinyvlm.train.objectives.sft import SFT
-from tinyvlm.train.teacher import Teacher, load_teacher
+from tinyvlm.train.teacher import FrozenModel, Teacher, load_teacher
 from tinyvlm.train.teacher_cache import TeacherCache, cache_key
 
 
@@ -142,6 +142,10 @@ class Mimic(SFT):
     @property
     def teacher(self) -> Teacher | None:
         return self._teacher[0] if self._teacher else None
+
+    def frozen_models(self) -> list[nn.Module]:
+        # A teacher run by transformers stays replicated.
+        return [t.model for t in self._teacher if isinstance(t, FrozenModel)]
 
     def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> TrainData:
         source = super().data(model, config, stage)

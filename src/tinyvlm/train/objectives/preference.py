@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tinyvlm.config import DataConfig, PreferenceConfig, StageConfig
 from tinyvlm.data.collate import Batch, PreferenceBatch, PreferenceCollator
@@ -103,6 +104,9 @@ class Preference(Objective):
     @property
     def reference(self) -> FrozenModel:
         return self._reference[0]
+
+    def frozen_models(self) -> list[nn.Module]:
+        return [self.reference.model]
 
     def data(self, model: TinyVLM, config: DataConfig, stage: StageConfig) -> TrainData:
         assert model.tokenizer is not None
