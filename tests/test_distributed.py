@@ -3,6 +3,7 @@ train what one process trains, checkpoints and logs written once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -99,6 +100,14 @@ def launch(recipe_file: Path, out: Path, procs: int, resume: bool = False) -> su
                             text=True, start_new_session=True)
 
 
+def running(pid: int) -> bool:
+    """Whether a process is there and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def worker_pids(parent: int) -> list[int]:
     """The training processes under a torchrun (or the process itself)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True,
@@ -136,6 +145,8 @@ def test_a_killed_worker_and_a_resume_on_another_world_size(shapes_dir: Path, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
+    # Two processes write torch.distributed.checkpoint shards; one writes whole files.
+    assert (ckpt / "step-000010" / "dcp").is_dir() == (first > 1)
     resumed = launch(recipe_file, tmp_path / "run", then, resume=True)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
@@ -191,8 +202,12 @@ def test_distributed_evaluation_scores_what_one_process_scores(shapes_dir: Path,
     assert lines == len(result(tmp_path / "two")[1])  # every item decoded once
 
 
-def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path) -> None:
-    """Under DDP the frozen teacher is never wrapped: no gradients, no optimizer state."""
+@pytest.mark.parametrize("strategy,frozen", [("ddp", "replicate"), ("fsdp", "shard")])
+def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path,
+                                                       strategy: str, frozen: str) -> None:
+    """Under DDP and FSDP2 the frozen teacher is never wrapped for training: no gradients,
+    no optimizer state, not in the trained module, also when it is sharded for inference,
+    and a mimic step with the sharded teacher computes what the plain teacher computes."""
     import socket
 
     import torch
@@ -200,7 +215,7 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
 
     from tinyvlm.config import MimicConfig, StageConfig
     from tinyvlm.models.vlm import TinyVLM
-    from tinyvlm.train.distributed import DistributedRuntime
+    from tinyvlm.train.distributed import DistributedRuntime, FSDPRuntime
     from tinyvlm.train.loop import _Trainer
     from tinyvlm.train.objectives.mimic import Mimic
 
@@ -217,15 +232,26 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
                             world_size=1)
     try:
-        runtime = DistributedRuntime(rank=0, world_size=1)
+        kind = FSDPRuntime if strategy == "fsdp" else DistributedRuntime
+        runtime = kind(rank=0, world_size=1, frozen=frozen)
         objective = Mimic(student, stage)
+        plain = Mimic(TinyVLM.from_tokenizer(tiny_model_config(), tokenizer), stage).teacher
         trainer = _Trainer.build(student, objective, stage, lambda step: 1.0, runtime)
-        assert isinstance(trainer.step_module, torch.nn.parallel.DistributedDataParallel)
         teacher = objective.teacher.model
         wrapped = {id(p) for p in trainer.step_module.parameters()}
         optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
         assert not any(id(p) in wrapped or id(p) in optimised for p in teacher.parameters())
         assert not any(p.requires_grad for p in teacher.parameters())
+        assert not any(k.startswith(("_teacher", "objective._teacher"))
+                       for k in trainer.step_module.state_dict())
+        if frozen == "shard":
+            from torch.distributed.fsdp import FSDPModule
+
+            assert isinstance(teacher, FSDPModule)
+        ids = torch.tensor([[1, 5, 6, 7, 2]])
+        out, ref = teacher(ids, torch.ones_like(ids)), plain.model(ids, torch.ones_like(ids))
+        assert torch.allclose(out.logits, ref.logits, atol=1e-6)
+        assert all(p.grad is None for p in teacher.parameters())
     finally:
         dist.destroy_process_group()
 
@@ -263,7 +289,8 @@ def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
 def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
                                          strategy: str) -> None:
     """Patch labels, SFT, mimic from a teacher stage, upcycling, pair building (rank 0) and
-    preference distillation, on 2 processes: the weights one process trains."""
+    preference distillation, on 2 processes: the weights one process trains. Under FSDP2
+    the teachers and references are sharded too (parallel.frozen: shard)."""
     from .test_recipes_multi import stage, teacher_student
 
     data = tmp_path / "data"
@@ -279,6 +306,7 @@ def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
                                preference={"pairs": "stage:pairs",
                                            "teacher": "stage:teacher-sft"}))
     recipe.parallel.strategy = strategy
+    recipe.parallel.frozen = "shard" if strategy == "fsdp" else "replicate"
     recipe_file = save(recipe, tmp_path / "recipe.yaml")
     train_ok(recipe_file, tmp_path / "one", 1)
     train_ok(recipe_file, tmp_path / "two", 2)
@@ -323,7 +351,6 @@ def test_task_heads_under_torchrun(shapes_dir: Path, tmp_path: Path, strategy: s
         train_ok(recipe_file, tmp_path / name, procs)
     # Not compared: the task-heads loss is not exact across processes (a sum of per-task
     # means, which its units cannot make global); docs/distributed.md says so.
-    import torch
 
     heads = [objective_state(tmp_path / d / "checkpoints" / "tasks" / "step-000003")
              for d in ("one", "two")]
@@ -331,3 +358,147 @@ def test_task_heads_under_torchrun(shapes_dir: Path, tmp_path: Path, strategy: s
     assert heads[0].keys() == heads[1].keys() and heads[0]
     for k in heads[0]:
         assert heads[0][k].shape == heads[1][k].shape  # whole tensors, not shards
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_teacher_cache_by_shards_and_mimic_from_it_under_torchrun(
+        shapes_dir: Path, shapes_tokenizer, tmp_path: Path) -> None:
+    """`distill cache-teacher` on 2 processes writes the shards one process writes (each
+    process a share); a mimic stage reading that cache on 2 processes logs one process's
+    losses."""
+    from tinyvlm.config import StageConfig
+    from tinyvlm.schema import from_dict
+
+    from .test_distill import model_dir
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    teacher = model_dir(shapes_tokenizer, tmp_path / "t", seed=1)
+    student = model_dir(shapes_tokenizer, tmp_path / "s", seed=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "tinyvlm", "distill", "cache-teacher", str(teacher), str(student),
+            str(data / "train.json"), "--top-k", "8", "--shard-size", "16", "--quiet"]
+    for name, procs in (("c1", 1), ("c2", 2)):
+        cmd = [sys.executable] if procs == 1 else \
+            [str(TORCHRUN), "--standalone", f"--nproc_per_node={procs}"]
+        done = subprocess.run([*cmd, *args, "--out", str(tmp_path / name)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "c1").iterdir())
+    assert len([f for f in files if f.startswith("shard-")]) >= 3
+    assert files == sorted(p.name for p in (tmp_path / "c2").iterdir())
+    for f in files:
+        assert (tmp_path / "c1" / f).read_bytes() == (tmp_path / "c2" / f).read_bytes(), f
+
+    recipe = tiny_recipe(data)
+    recipe.pretrained = {"model": str(student)}
+    recipe.tokenizer.pretrained = str(student)
+    recipe.stages = [from_dict(StageConfig, {
+        "name": "kd", "objective": "mimic", "steps": 3, "batch_size": 8, "warmup_steps": 1,
+        "log_every": 1, "mimic": {"cache": str(tmp_path / "c2"), "kd_weight": 1.0}})]
+    recipe_file = save(recipe, tmp_path / "recipe.yaml")
+    train_ok(recipe_file, tmp_path / "one", 1)
+    train_ok(recipe_file, tmp_path / "two", 2)
+    rows = {d: metrics(tmp_path / d) for d in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 3
+    for r, s in zip(rows["one"], rows["two"], strict=True):
+        assert r["kd"] > 0
+        assert abs(r["loss"] - s["loss"]) < 1e-5 and abs(r["kd"] - s["kd"]) < 1e-5, (r, s)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_a_process_that_stops_answering_ends_the_job_with_one_line(shapes_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """A worker that hangs (SIGSTOP) makes its peer's next collective time out
+    (parallel.timeout_s): the peer reports it in one line and the job ends, no hang."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=400, batch_size=8, warmup_steps=1, log_every=1)
+    recipe.parallel.timeout_s = 5
+    recipe_file = save(recipe, tmp_path / "recipe.yaml")
+    proc = launch(recipe_file, tmp_path / "run", 2)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").is_file():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "training did not start within 2 minutes"
+        time.sleep(0.05)
+    workers = worker_pids(proc.pid)
+    ranks = {int(dict(kv.split("=", 1) for kv in Path(f"/proc/{p}/environ").read_text()
+                      .split("\0") if "=" in kv)["RANK"]): p for p in workers}
+    os.kill(ranks[1], signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        # rank 0 gives up after its 5 s timeout; torchrun then ends the stopped worker (it
+        # waits for a SIGTERM grace period before its SIGKILL, so let it go on at once).
+        while proc.poll() is None and time.monotonic() - stopped < 90:
+            if not running(ranks[0]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(ranks[1], signal.SIGCONT)
+            time.sleep(0.2)
+        elapsed = time.monotonic() - stopped
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert elapsed < 90
+    lines = [ln for ln in err.splitlines() if "another process died or stopped answering" in ln]
+    assert lines and lines[0].startswith("error: rank 0:"), err[-3000:]
+    assert "resume with: torchrun --nproc_per_node=2 -m tinyvlm train" in lines[0]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_fsdp2_mixed_precision_computes_in_bf16(shapes_dir: Path, tmp_path: Path) -> None:
+    """parallel.param_dtype bf16: FSDP2 computes the blocks in bf16 (the losses move off the
+    fp32 run's, by bf16's rounding) while the sharded weights stay fp32."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=3, batch_size=8, lr=1e-3, warmup_steps=1, log_every=1)
+    recipe.parallel.strategy = "fsdp"
+    fp32 = save(recipe, tmp_path / "fp32.yaml")
+    recipe.parallel.param_dtype = "bf16"
+    bf16 = save(recipe, tmp_path / "bf16.yaml")
+    train_ok(fp32, tmp_path / "fp32", 2)
+    train_ok(bf16, tmp_path / "bf16", 2)
+    a, b = metrics(tmp_path / "fp32"), metrics(tmp_path / "bf16")
+    gaps = [abs(r["loss"] - s["loss"]) for r, s in zip(a, b, strict=True)]
+    assert 1e-4 < max(gaps) < 5e-2, gaps
+    assert all(v.dtype.is_floating_point and v.dtype != __import__("torch").bfloat16
+               for v in weights(tmp_path / "bf16").values())
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_the_lock_and_the_non_finite_stop_hold_under_torchrun(shapes_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """A second run into a directory a torchrun job holds is refused; a non-finite loss
+    stops every process at the same step (the loss they test is the reduced one)."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=400, batch_size=8, warmup_steps=1, log_every=1)
+    long_file = save(recipe, tmp_path / "long.yaml")
+    proc = launch(long_file, tmp_path / "run", 2)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").is_file():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = train(long_file, tmp_path / "run", 1)
+        assert second.returncode == 2
+        assert "another run is using this directory" in second.stderr
+        assert proc.poll() is None  # the first run goes on
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    recipe = tiny_recipe(data, steps=6, batch_size=8, warmup_steps=1, log_every=1, lr=1e10)
+    done = train(save(recipe, tmp_path / "nan.yaml"), tmp_path / "nan", 2)
+    assert done.returncode != 0
+    stops = [ln for ln in done.stderr.splitlines() if "stopped at step" in ln]
+    assert len(stops) == 2 and len({ln.split("stopped at")[1] for ln in stops}) == 1, stops
+    assert {ln.split(" stage")[0] for ln in stops} == {"error:", "error: rank 1:"}

@@ -38,7 +38,7 @@ def stage(**kw: object) -> StageConfig:
 
 
 def train(tok: Tokenizer, shapes_dir: Path, out: Path, st: StageConfig, resume: bool = False,
-          stop_after: int | None = None) -> TinyVLM:
+          stop_after: int | None = None, runtime: object = None) -> TinyVLM:
     """One stage; stop_after: fail right after that step's checkpoint (a killed process)."""
     model = fresh(tok)
     obj = build_objective(st.objective, model)
@@ -53,7 +53,8 @@ def train(tok: Tokenizer, shapes_dir: Path, out: Path, st: StageConfig, resume: 
 
     Checkpoints.save = save_then_die  # type: ignore[method-assign]
     try:
-        train_stage(model, st, obj, data, out, resume=resume, progress=False)
+        train_stage(model, st, obj, data, out, resume=resume, progress=False,
+                    runtime=runtime)  # type: ignore[arg-type]
     finally:
         Checkpoints.save = original  # type: ignore[method-assign]
     return model
@@ -106,6 +107,50 @@ def test_resume_falls_back_to_the_newest_good_checkpoint(
     assert not [p for p in run.stage_dir("sft").iterdir() if p.name.startswith(".")]
     steps = [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # never a step twice
+
+
+@pytest.mark.parametrize("how", ["flipped byte in a shard", "missing rank state",
+                                 "missing metadata"])
+def test_sharded_checkpoints_fall_back_and_resume_on_one_process(
+        how: str, straight: TinyVLM, shapes_tokenizer: Tokenizer, shapes_dir: Path,
+        tmp_path: Path) -> None:
+    """Checkpoints of a distributed run (torch.distributed.checkpoint shards, here from a
+    one-process group) carry checksums: a damaged one is skipped, and a plain process
+    resumes from the one before, ending bit for bit where an uninterrupted run ends."""
+    import socket
+
+    import torch.distributed as dist
+
+    from tinyvlm.train.distributed import DistributedRuntime
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            train(shapes_tokenizer, shapes_dir, tmp_path, stage(), stop_after=4,
+                  runtime=DistributedRuntime(rank=0, world_size=1))
+    finally:
+        dist.destroy_process_group()
+    run = RunDir(tmp_path)
+    step4 = run.step_dir("sft", 4)
+    assert (step4 / "dcp" / ".metadata").is_file() and not (step4 / "model").exists()
+    shard = next((step4 / "dcp").glob("*.distcp"))
+    if how == "flipped byte in a shard":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        shard.write_bytes(bytes(data))
+    elif how == "missing rank state":
+        (step4 / "rng" / "rank-00000.pt").unlink()
+    else:
+        (step4 / "dcp" / ".metadata").unlink()
+    with pytest.warns(CorruptCheckpointWarning, match="step-000004 is unusable"):
+        resumed = train(shapes_tokenizer, shapes_dir, tmp_path, stage(), resume=True)
+    assert same_weights(resumed, straight)
+    assert run.steps("sft") == [2, 4, 6]
+    assert not (run.step_dir("sft", 6) / "dcp").exists()  # one process writes whole files
 
 
 def test_metrics_never_hold_a_step_twice_without_a_checkpoint(

@@ -7,6 +7,7 @@ module; this one assembles them under the root group.
 from __future__ import annotations
 
 import errno
+import os
 import shlex
 import sys
 import warnings
@@ -86,13 +87,20 @@ def main() -> None:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+    who = f"rank {rank}: " if rank != "0" else ""  # under torchrun every process may say it
+    click.echo(f"error: {who}{message}", err=True)
     sys.exit(InputError.exit_code)
 
 
 def resume_command() -> str:
-    """This command line with --resume: what continues an interrupted run."""
-    args = ["tinyvlm", *sys.argv[1:]]
+    """This command line with --resume: what continues an interrupted run (under torchrun,
+    its launch on any number of processes)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ["tinyvlm"] if world <= 1 else \
+        ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)}",
+         "-m", "tinyvlm"]
+    args = [*launcher, *sys.argv[1:]]
     return shlex.join(args if "--resume" in args else [*args, "--resume"])
 
 

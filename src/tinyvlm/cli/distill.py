@@ -37,7 +37,8 @@ def distill_cache_teacher(teacher_dir: str, student_dir: str, data_file: str, ou
 
     The student (its tokenizer and image-token layout) defines the positions, so a `mimic`
     stage with `distill.cache: DIR` reads exactly what it would have computed. Interrupted
-    runs resume at the first missing shard.
+    runs resume at the first missing shard; under torchrun each process writes a share of
+    the shards (torchrun --nproc_per_node N -m tinyvlm distill cache-teacher ...).
 
     \b
     Example:
@@ -45,6 +46,7 @@ def distill_cache_teacher(teacher_dir: str, student_dir: str, data_file: str, ou
           data/shapes/train.json --out runs/teacher-cache --top-k 64
     """
     from tinyvlm.config import DataConfig, StageConfig
+    from tinyvlm.train.distributed import launched
     from tinyvlm.train.teacher_cache import cache_teacher
 
     path = Path(data_file)
@@ -53,6 +55,9 @@ def distill_cache_teacher(teacher_dir: str, student_dir: str, data_file: str, ou
     student = load_model(student_dir)
     data = DataConfig(path=str(path.parent), shapes=None, train=path.name, eval=[])
     stage = StageConfig(name="cache", train=path.name)
-    cache = cache_teacher(teacher_dir, student, data, stage, out, top_k, shard_size,
-                          batch_size, teacher_dtype, values_dtype, progress=not quiet)
-    click.echo(f"teacher top-{top_k} logits written to {cache}")
+    with launched() as runtime:  # under torchrun each process writes a share of the shards
+        cache = cache_teacher(teacher_dir, student.to(runtime.device), data, stage, out,
+                              top_k, shard_size, batch_size, teacher_dtype, values_dtype,
+                              progress=not quiet, runtime=runtime)
+    if runtime.is_main:
+        click.echo(f"teacher top-{top_k} logits written to {cache}")

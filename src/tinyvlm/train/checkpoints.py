@@ -103,9 +103,19 @@ def load_train_state(step_module: nn.Module, optimizer: torch.optim.Optimizer,
     # get none here either (AdamW starts them fresh, as the uninterrupted run does).
     state["optim"]["state"] = {name: s for name, s in state["optim"]["state"].items()
                                if f"optim.state.{name}.step" in stored}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _one_process_ok():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(step_module, optimizer, model_state_dict=state["train"],
                    optim_state_dict=state["optim"])
+
+
+@contextmanager
+def _one_process_ok() -> Iterator[None]:
+    """torch.distributed.checkpoint warns when it runs without a process group: one process
+    reading (or writing) a sharded checkpoint is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 class CorruptCheckpointWarning(UserWarning):
@@ -183,8 +193,9 @@ class Checkpoints:
                 shutil.rmtree(tmp)
             (tmp / "rng").mkdir(parents=True)
         barrier()
-        dcp.save(content.shards, checkpoint_id=str(tmp / "dcp"),
-                 no_dist=not dist.is_initialized())
+        with _one_process_ok():
+            dcp.save(content.shards, checkpoint_id=str(tmp / "dcp"),
+                     no_dist=not dist.is_initialized())
         with atomic_path(tmp / "rng" / f"rank-{content.rank:05d}.pt") as part:
             torch.save(content.rng, part)
         barrier()

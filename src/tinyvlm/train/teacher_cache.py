@@ -21,6 +21,7 @@ from tinyvlm.errors import InputError
 from tinyvlm.io import atomic_path, read_json, write_json
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.progress import Progress
+from tinyvlm.train.runtime import Runtime
 from tinyvlm.train.stage_data import sft_collator, stage_conversations
 from tinyvlm.train.teacher import FrozenModel
 
@@ -103,8 +104,11 @@ class TeacherCache:
 def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
                   stage: StageConfig, out_dir: str | Path, top_k: int = 64,
                   shard_size: int = 512, batch_size: int = 32, dtype: str = "fp32",
-                  values_dtype: str = "fp16", progress: bool = True) -> Path:
+                  values_dtype: str = "fp16", progress: bool = True,
+                  runtime: Runtime | None = None) -> Path:
     """Write the teacher's top-k logits for every response position of the stage's data.
+    Under torchrun each process writes every world-th missing shard and the main process
+    checks the whole cache once all are written.
 
     The student (its tokenizer and image-token layout) defines the positions, so the cached
     rows are exactly those the mimic objective distils; the teacher reads its own batches of
@@ -116,7 +120,8 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
             raise InputError(f"{name} must be >= 1, got {value}")
     if values_dtype not in stored:
         raise InputError(f"values dtype must be fp16 or fp32, got {values_dtype!r}")
-    teacher = FrozenModel.from_pretrained(teacher_dir, dtype, next(student.parameters()).device)
+    runtime = runtime or Runtime()
+    teacher = FrozenModel.from_pretrained(teacher_dir, dtype, runtime.device)
     teacher.check_compatible(student)
     _, items = stage_conversations(data, stage)
     collate = sft_collator(student, data)
@@ -130,11 +135,16 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
     if meta_path.is_file() and read_json(meta_path) != meta:
         raise InputError("a different cache is already there (other teacher, data or top-k); "
                          "choose another --out", out)
-    write_json(meta_path, meta)
+    if runtime.is_main:
+        write_json(meta_path, meta)
+    runtime.barrier()
     cache = TeacherCache(out)
-    todo = [s for s in range(shards) if not cache.shard_path(s).is_file()]
-    bar = Progress(len(items), "teacher top-k", "conv", min(len(items),
-                   (shards - len(todo)) * shard_size), enabled=progress)
+    missing = [s for s in range(shards) if not cache.shard_path(s).is_file()]
+    todo = list(runtime.shard(missing))
+    mine = sum(len(items[s * shard_size : (s + 1) * shard_size]) for s in todo)
+    bar = Progress(mine, "teacher top-k" + (" (this process's shards)" if runtime.world_size
+                                           > 1 else ""), "conv", enabled=progress
+                   and runtime.is_main)
     shared = teacher.same_batches(student)
     for s in todo:
         shard = items[s * shard_size : (s + 1) * shard_size]
@@ -152,6 +162,9 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
                        "indices": torch.cat(indices).contiguous(),
                        "counts": torch.tensor(counts, dtype=torch.int64)}, str(tmp))
     bar.close()
+    runtime.barrier()  # every process's shards are written
+    if runtime.is_main:
+        TeacherCache(out).check(len(items), cache_key(student, data, stage))
     return out
 
 
