@@ -451,23 +451,29 @@ def test_a_process_that_stops_answering_ends_the_job_with_one_line(shapes_dir: P
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
-def test_fsdp2_mixed_precision_computes_in_bf16(shapes_dir: Path, tmp_path: Path) -> None:
+def test_fsdp2_mixed_precision_and_cpu_offload(shapes_dir: Path, tmp_path: Path) -> None:
     """parallel.param_dtype bf16: FSDP2 computes the blocks in bf16 (the losses move off the
-    fp32 run's, by bf16's rounding) while the sharded weights stay fp32."""
+    fp32 run's, by bf16's rounding) while the sharded weights stay fp32; cpu_offload keeps
+    the shards and optimizer state in host memory and trains what the plain run trains."""
+    import torch
+
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
     recipe = tiny_recipe(data, steps=3, batch_size=8, lr=1e-3, warmup_steps=1, log_every=1)
     recipe.parallel.strategy = "fsdp"
-    fp32 = save(recipe, tmp_path / "fp32.yaml")
-    recipe.parallel.param_dtype = "bf16"
-    bf16 = save(recipe, tmp_path / "bf16.yaml")
-    train_ok(fp32, tmp_path / "fp32", 2)
-    train_ok(bf16, tmp_path / "bf16", 2)
-    a, b = metrics(tmp_path / "fp32"), metrics(tmp_path / "bf16")
-    gaps = [abs(r["loss"] - s["loss"]) for r, s in zip(a, b, strict=True)]
+    runs = {}
+    for name, change in (("fp32", {}), ("bf16", {"param_dtype": "bf16"}),
+                         ("offload", {"cpu_offload": True})):
+        for k, v in change.items():
+            setattr(recipe.parallel, k, v)
+        train_ok(save(recipe, tmp_path / f"{name}.yaml"), tmp_path / name, 2)
+        runs[name] = metrics(tmp_path / name)
+        recipe.parallel.param_dtype, recipe.parallel.cpu_offload = "fp32", False
+    gaps = [abs(r["loss"] - s["loss"]) for r, s in zip(runs["fp32"], runs["bf16"], strict=True)]
     assert 1e-4 < max(gaps) < 5e-2, gaps
-    assert all(v.dtype.is_floating_point and v.dtype != __import__("torch").bfloat16
-               for v in weights(tmp_path / "bf16").values())
+    assert all(v.dtype == torch.float32 for v in weights(tmp_path / "bf16").values())
+    for r, s in zip(runs["fp32"], runs["offload"], strict=True):
+        assert abs(r["loss"] - s["loss"]) < 1e-5
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")

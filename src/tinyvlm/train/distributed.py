@@ -110,7 +110,9 @@ class FSDPRuntime(DistributedRuntime):
             param_dtype=torch.bfloat16 if self.param_dtype == "bf16" else None,
             reduce_dtype=torch.float32)
         kw = {"mesh": self._mesh(), "mp_policy": precision,
-              "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()}
+              # pinned host memory needs an accelerator (and only speeds up copies to one)
+              "offload_policy": CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+              if self.cpu_offload else OffloadPolicy()}
         model = module.model  # type: ignore[attr-defined]
         for block in [*model.language.blocks, *model.vision.blocks]:
             fully_shard(block, **kw)
