@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -24,6 +25,7 @@ import torch
 
 import tinyvlm
 from tinyvlm.config import Recipe, load_recipe
+from tinyvlm.cpu_share import machine_busy_seconds
 from tinyvlm.data import shapes
 from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -174,16 +176,7 @@ class LoadMeter:
 
 def _busy_seconds() -> float | None:
     """Non-idle CPU seconds of the whole machine since boot, all cores together."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] != "cpu":
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is already in user)
-    values = [int(v) for v in fields[1:9]]
-    busy = sum(values) - values[3] - values[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+    return machine_busy_seconds()
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -212,11 +205,12 @@ def make_demo(directory: Path, num_train: int, num_test: int, seed: int = 0) -> 
     """The demo recipe with a small ShapesWorld written to `directory` and a tokenizer trained
     on its training text, as the pipeline does for the real run."""
     recipe = load_recipe(DEMO_RECIPE)
-    world = dict(recipe.data.shapes or {})
-    world.update(num_train=num_train, num_val=0, num_test=num_test, pope_images=0, seed=seed)
+    world = dataclasses.replace(recipe.data.shapes or shapes.ShapesWorldConfig(),
+                                num_train=num_train, num_val=0, num_test=num_test,
+                                pope_images=0, seed=seed)
     recipe.data.path = str(directory)
     recipe.data.shapes = world
-    shapes.write_dataset(directory, shapes.ShapesWorldConfig.from_dict(world))
+    shapes.write_dataset(directory, world)
     texts = conversation_texts(load_llava(directory / recipe.data.train))
     tokenizer = Tokenizer.train(texts, recipe.tokenizer, recipe.model.chat)
     return Demo(recipe, directory, tokenizer)

@@ -383,3 +383,29 @@ def test_bad_moe_settings_are_one_clear_error(tmp_path: Path) -> None:
                       "stages:\n  - {name: sft}\n")
     with pytest.raises(InputError, match=r"recipe\.model\.vision\.moe"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize("tokens,top_k", [(1, 1), (1, 2), (2, 2), (4, 1)])
+def test_decoding_a_few_tokens_equals_the_sorted_path(monkeypatch: pytest.MonkeyPatch,
+                                                      tokens: int, top_k: int) -> None:
+    """Without gradients, a handful of (token, choice) pairs runs each pair through its
+    expert directly (decoding); it computes what sorting the tokens by expert computes, and
+    inference skips the auxiliary losses."""
+    import tinyvlm.models.moe as moe_module
+    from tinyvlm.config import MoEConfig
+    from tinyvlm.models.context import ForwardContext
+
+    torch.manual_seed(0)
+    layer = moe_module.MoE(16, 24, MoEConfig(experts=4, top_k=top_k)).eval()
+    x = torch.randn(1, tokens, 16)
+    with torch.no_grad():
+        ctx = ForwardContext()
+        few = layer(x, ctx)
+        monkeypatch.setattr(moe_module, "DECODE_CHOICES", 0)
+        sorted_path = layer(x, ForwardContext())
+    torch.testing.assert_close(few, sorted_path, atol=1e-6, rtol=1e-6)
+    assert float(ctx.records[0].aux_loss) == 0.0
+    layer.train()
+    trained = ForwardContext()
+    layer(x, trained)
+    assert float(trained.records[0].aux_loss.detach()) > 0

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tinyvlm.cpu_share import CpuShare
 from tinyvlm.data.collate import Batch
 from tinyvlm.data.conversation import IMAGE, Conversation, Turn, place_images
 from tinyvlm.data.images import ImageStore
@@ -121,6 +122,7 @@ class Engine:
             raise InputError(f"the batch size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, model.tokenizer, batch_size
         self.images = ImageStore.for_model(model.config.vision)
+        self._share: CpuShare | None = None  # threads follow the cores others leave free
 
     @property
     def device(self) -> torch.device:
@@ -176,7 +178,10 @@ class Engine:
         answers: list[str] = [""] * len(prompts)
         self.model.eval()
         bar = Progress(len(order), "generate", "q", enabled=progress, leave=False)
+        if self._share is None:
+            self._share = CpuShare(enabled=self.device.type == "cpu")
         for start in range(0, len(order), self.batch_size):
+            self._share.tick()
             chunk = order[start : start + self.batch_size]
             texts, seconds, made = self._run(
                 [prompts[i] for i in chunk], sampling, generator,
@@ -193,6 +198,7 @@ class Engine:
                 on_batch(chunk, texts, seconds)
             bar.update(len(chunk))
         bar.close()
+        self._share.restore()
         return answers
 
     def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:

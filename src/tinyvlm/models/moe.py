@@ -23,6 +23,9 @@ from tinyvlm.models.layers import SwiGLU
 
 ROUTING_MODES = ("dropless", "capacity")
 TASK_ROUTING = ("none", "embedding", "multi_gate")
+# Up to this many (token, choice) pairs without gradients (decoding one or two sequences),
+# each pair runs through its expert directly; more, and tokens are sorted by expert.
+DECODE_CHOICES = 4
 
 
 @dataclass
@@ -187,6 +190,8 @@ class MoE(nn.Module):
     def _experts(self, x: Tensor, top_i: Tensor, gates: Tensor, kept: Tensor | None) -> Tensor:
         """sum_j gates[:, j] * expert_{top_i[:, j]}(x), each expert run once on its tokens."""
         n, k = top_i.shape
+        if kept is None and not torch.is_grad_enabled() and n * k <= DECODE_CHOICES:
+            return self._experts_few(x, top_i, gates)
         expert_of = top_i.reshape(-1)
         token_of = torch.arange(n, device=x.device).repeat_interleave(k)
         gate_of = gates.reshape(-1)
@@ -212,6 +217,23 @@ class MoE(nn.Module):
         # Weight each choice by its gate while still sorted, then sum a token's choices.
         sorted_y = sorted_y * gate_of.to(sorted_y.dtype).unsqueeze(-1)
         return sorted_y.new_zeros(n, x.shape[-1]).index_add(0, token_of, sorted_y)
+
+    def _experts_few(self, x: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
+        """The same sum for a handful of (token, choice) pairs (decoding one or two
+        sequences): each pair through its expert's weight views directly, without sorting
+        the tokens, whose fixed per-op cost dominates at this size."""
+        n, k = top_i.shape
+        choices, weights = top_i.tolist(), gates.to(x.dtype)
+        rows = []
+        for t in range(n):
+            row = x[t : t + 1]
+            total = None
+            for j, e in enumerate(choices[t]):
+                gate, up = F.linear(row, self.gate_up_proj[e]).chunk(2, dim=-1)
+                y = F.linear(F.silu(gate) * up, self.down_proj[e]) * weights[t, j]
+                total = y if total is None else total + y
+            rows.append(total)
+        return torch.cat(rows) if rows else x.new_zeros(0, x.shape[-1])
 
     # ---------------------------------------------------------------- forward
 
@@ -256,7 +278,9 @@ class MoE(nn.Module):
         out = y if routed is None else y.new_zeros(flat.shape[0], dim).index_copy(0, routed, y)
 
         with torch.autocast(tokens.device.type, enabled=False):
-            balance, z = self._aux_losses(logits, probs, top_i)
+            # Only training adds the auxiliary losses; inference skips their cost.
+            balance, z = (self._aux_losses(logits, probs, top_i) if self.training
+                          else (logits.new_zeros(()), logits.new_zeros(())))
             aux = self.config.balance_coef * balance + self.config.z_coef * z
             if self.config.task_mi_coef and task_ids is not None and self.training:
                 aux = aux - self.config.task_mi_coef * task_expert_mi(probs, task_ids,

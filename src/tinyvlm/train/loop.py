@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tinyvlm.config import MODEL_MODULES, StageConfig
+from tinyvlm.cpu_share import CpuShare, share_restored
 from tinyvlm.errors import InputError, TrainingInterrupted, closest
 from tinyvlm.models.moe import router_losses
 from tinyvlm.models.vlm import TinyVLM
@@ -277,8 +278,10 @@ def train_stage(
     bar = Progress(stage.steps, stage.name, "step", start,
                    enabled=progress and runtime.is_main)
     skipped = 0
-    with _StopRequest() as stop:
+    share = CpuShare(enabled=runtime.share_cpu and runtime.device.type == "cpu")
+    with _StopRequest() as stop, share_restored(share):
         for step in range(start, stage.steps):
+            share.tick()
             tick = time.perf_counter()
             micro = [data.collate([data.items[i] for i in
                                    runtime.shard(sampler(step * stage.grad_accum + k))])

@@ -112,8 +112,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     runtime = runtime or Runtime()
     run = RunDir(run_dir, is_main=runtime.is_main)
     with run.lock():
-        if recipe.threads:
+        if recipe.threads:  # pinned: the thread count no longer follows the machine's load
             torch.set_num_threads(recipe.threads)
+            runtime.share_cpu = False
         if run.is_main:  # one process writes the data and the tokenizer; the others wait
             prepare_data(recipe.data, progress)
             train_tokenizer(recipe, run)
