@@ -13,8 +13,15 @@ import torch
 import transformers
 
 from common import LoadMeter, log, ratio, summarize
-from moe import ATOL, RTOL, bench_shape, build_dense, build_mixtral, build_ours
-from moe import default_experts_implementation
+from moe import (
+    ATOL,
+    RTOL,
+    bench_shape,
+    build_dense,
+    build_mixtral,
+    build_ours,
+    default_experts_implementation,
+)
 from tinyvlm.models.context import ForwardContext
 
 DIM, HIDDEN = 256, 512

@@ -222,7 +222,7 @@ class MoE(nn.Module):
         """The same sum for a handful of (token, choice) pairs (decoding one or two
         sequences): each pair through its expert's weight views directly, without sorting
         the tokens, whose fixed per-op cost dominates at this size."""
-        n, k = top_i.shape
+        n = top_i.shape[0]
         choices, weights = top_i.tolist(), gates.to(x.dtype)
         rows = []
         for t in range(n):
