@@ -301,3 +301,24 @@ def test_training_step_reduces_loss(model: TinyVLM) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_half_precision_attention_runs_in_fp32_on_the_cpu() -> None:
+    """Under bf16 autocast on the CPU, attention computes in fp32 (torch's CPU flash kernel is
+    several times slower in bf16) and hands back bf16, gradients included."""
+    import torch.nn.functional as F
+
+    from tinyvlm.models.layers import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g).bfloat16().requires_grad_(True)
+               for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, is_causal=True)
+    assert out.dtype == torch.bfloat16
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert torch.equal(out, ref.bfloat16())
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16
+    x = torch.randn(2, 3, 5, 8, generator=g)
+    assert torch.equal(attention(x, x, x), F.scaled_dot_product_attention(x, x, x))

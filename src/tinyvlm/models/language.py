@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvlm.config import LanguageConfig
@@ -15,6 +14,7 @@ from tinyvlm.models.layers import (
     RotaryEmbedding,
     SwiGLU,
     apply_rotary,
+    attention,
     init_weights,
     scale_residual_init,
 )
@@ -102,7 +102,7 @@ class Attention(nn.Module):
         if ctx is not None and ctx.fastv is not None and ctx.fastv.layer == self.layer \
                 and ctx.fastv.scores is None:
             ctx.fastv.scores = last_query_attention(q, k, mask, self.head_dim)
-        out = F.scaled_dot_product_attention(
+        out = attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.kv_heads != self.heads,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,17 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return (h * self.weight.float()).to(x.dtype)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> Tensor:
+    """scaled_dot_product_attention; on the CPU in fp32 for half-precision inputs: torch's
+    CPU flash kernel is several times slower in bf16 than in fp32 (backward above all),
+    which costs far more than the casts."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                              **kwargs).to(q.dtype)
 
 
 class SwiGLU(nn.Module):

@@ -22,7 +22,7 @@ from tinyvlm.config import (
 )
 from tinyvlm.models.connectors import CONNECTORS, Connector, ConnectorCost, MLPProjector
 from tinyvlm.models.context import LowRankDelta, VisualConditioning
-from tinyvlm.models.layers import init_weights
+from tinyvlm.models.layers import attention, init_weights
 from tinyvlm.models.vision import VisionOutput
 
 # A VLoRA type -> the projection it modifies (models/language.py's delta names).
@@ -53,8 +53,7 @@ class _Attention(nn.Module):
         def split(h: Tensor) -> Tensor:
             return h.view(b, -1, self.heads, d // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(memory)),
-                                             split(self.v(memory)))
+        out = attention(split(self.q(x)), split(self.k(memory)), split(self.v(memory)))
         return self.o(out.transpose(1, 2).reshape(b, t, d))
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyvlm.config import VisionConfig
 from tinyvlm.models.context import ForwardContext
-from tinyvlm.models.layers import GELUMLP, init_weights, scale_residual_init
+from tinyvlm.models.layers import GELUMLP, attention, init_weights, scale_residual_init
 from tinyvlm.models.moe import MoE
 
 
@@ -59,7 +58,7 @@ class VisionAttention(nn.Module):
         b, t, d = x.shape
         # With a [CLS] token it is token 0 (the caller asks only then).
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         cls_attn = None
         if want_cls_attention:
             # Only the [CLS] row is needed: one query, so this costs O(T) next to SDPA's O(T^2).
