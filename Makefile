@@ -22,11 +22,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The performance suite: docs/performance.json, docs/performance.md and its plots.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/generate_throughput.py
-	$(BIN)/python benchmarks/moe.py
-	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/suite.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
