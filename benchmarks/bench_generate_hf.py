@@ -97,6 +97,15 @@ def compare(ours: TinyVLM, hf: Any, batch: Any, new_tokens: int, repeats: int
             "distinct_tokens": int(outs["ours"].unique().numel()), "runs": repeats}
 
 
+def decode_profile(ours: TinyVLM, batch: Any) -> dict[str, float]:
+    """Where our generate() call goes, by kind of op."""
+    from bench_train_mfu import op_shares
+
+    with torch.no_grad():
+        return op_shares(lambda: ours.generate(batch.input_ids, batch.attention_mask,
+                                               batch.pixel_values, max_new_tokens=32))
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     transformers.logging.set_verbosity_error()
     rows = []
@@ -113,6 +122,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 batch = equal_length_batch(ours, demo, size)
                 row = compare(ours, hf, batch, 8 if quick else 32, 2 if quick else 5)
                 row["model"] = kind
+                if size > 1 and kind == "dense":
+                    row["profile"] = decode_profile(ours, batch)
                 rows.append(row)
                 log(f"generate {kind} batch {size}: ours {row['ours_tokens_per_s']:.0f} tok/s, "
                     f"transformers {row['hf_tokens_per_s']:.0f} ({row['speedup']:.2f}x), "

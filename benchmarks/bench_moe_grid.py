@@ -64,6 +64,25 @@ def decode_shape(tokens: int, experts: int, top_k: int, repeats: int,
             "other_processes_cores": meter.report().get("other_processes_cores")}
 
 
+def profile_shape(tokens: int, experts: int, top_k: int) -> dict[str, Any]:
+    """Where a training step of our layer and of the dense FFN goes, by kind of op."""
+    from bench_train_mfu import op_shares
+
+    ours = build_ours(DIM, HIDDEN, experts, top_k, 0)
+    dense = build_dense(DIM, top_k * HIDDEN, 0)
+    x = torch.randn(1, tokens, DIM).requires_grad_(True)
+    grad = torch.randn(1, tokens, DIM)
+
+    def step(layer: Any) -> None:
+        for _ in range(3):
+            layer(x).backward(grad)
+
+    step(lambda h: ours(h, ForwardContext()))
+    return {"tokens": tokens, "experts": experts, "top_k": top_k,
+            "ours": op_shares(lambda: step(lambda h: ours(h, ForwardContext()))),
+            "dense": op_shares(lambda: step(dense))}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     transformers.logging.set_verbosity_error()
     default_impl = default_experts_implementation()
@@ -86,4 +105,5 @@ def run(quick: bool = False) -> dict[str, Any]:
                 f"{r['tokens']}:{r['ours_over_dense']:.2f}/{r['mixtral_best_over_ours']:.2f}"
                 for r in rows[-len(decode_tokens) - len(train_tokens):]))
     return {"dim": DIM, "expert_hidden": HIDDEN, "rows": rows, "mixtral_default": default_impl,
+            "profile": profile_shape(512, 4 if quick else 16, 1),
             "transformers": transformers.__version__, "threads": torch.get_num_threads()}

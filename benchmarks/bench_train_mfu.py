@@ -98,10 +98,15 @@ def alternate(steppers: dict[str, Stepper], warmup: int, repeats: int) -> dict[s
 
 def profile_step(stepper: Stepper) -> dict[str, float]:
     """Shares of a step's CPU time by kind of op."""
+    return op_shares(lambda: stepper.step(record=False))
+
+
+def op_shares(fn: Any) -> dict[str, float]:
+    """Shares of `fn`'s CPU time by kind of op (torch.profiler, self time)."""
     from torch.profiler import profile
 
     with profile() as prof:
-        stepper.step(record=False)
+        fn()
     kinds = {"matmul": ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul"),
              "attention": ("scaled_dot_product", "flash_attention"),
              "optimizer": ("_fused_adamw", "adamw", "_foreach", "lerp", "addcdiv"),

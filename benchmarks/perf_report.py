@@ -115,6 +115,13 @@ def _moe(s: dict[str, Any], img: Path) -> list[str]:
                      f"tokens and when decoding): **{'met' if ok else 'not met'}**; the "
                      f"closest shape is {slowest['mode']} {slowest['tokens']} tokens at "
                      f"{slowest['mixtral_best_over_ours']:.2f}x.")
+    if "profile" in s:
+        p = s["profile"]
+        kinds = list(p["ours"])
+        lines += ["", f"Where a training step goes at {p['tokens']} tokens, E={p['experts']}, "
+                  f"k={p['top_k']} (share of CPU time by op kind, torch.profiler):", "",
+                  _table(["layer", *kinds], [[k, *(f"{p[k][x]:.0%}" for x in kinds)]
+                                             for k in ("ours", "dense")])]
     fig = _figure()
     for i, mode in enumerate(("train", "decode")):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -140,6 +147,11 @@ def _generate(s: dict[str, Any]) -> list[str]:
              f"{r['speedup']:.2f}x", f"{r['ours_ttft_ms']:.1f}", f"{r['hf_ttft_ms']:.1f}",
              r["identical"]] for r in s["rows"]]
     low = min(s["rows"], key=lambda r: r["speedup"])
+    prof = next((r for r in s["rows"] if "profile" in r), None)
+    profile = [] if prof is None else [
+        "", f"Where our call goes ({prof['model']}, batch {prof['batch']}; share of CPU time "
+        "by op kind, torch.profiler):", "",
+        _table(list(prof["profile"]), [[f"{v:.0%}" for v in prof["profile"].values()]])]
     ok = low["speedup"] >= 1.5
     return ["", "## Generation", "",
             "`TinyVLM.generate` (KV cache, greedy) against transformers' `generate()` "
@@ -152,7 +164,8 @@ def _generate(s: dict[str, Any]) -> list[str]:
                     "speedup", "ours TTFT ms", "transformers TTFT ms", "identical"], rows), "",
             f"- Target >= 1.5x at batch 1 and 16: **{'met' if ok else 'not met'}**; the "
             f"lowest is {low['model']} batch {low['batch']} at {low['speedup']:.2f}x. "
-            "Greedy tokens identical: " + str(all(r["identical"] for r in s["rows"])) + "."]
+            "Greedy tokens identical: " + str(all(r["identical"] for r in s["rows"])) + ".",
+            *profile]
 
 
 def _train(s: dict[str, Any]) -> list[str]:
