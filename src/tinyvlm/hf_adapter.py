@@ -247,6 +247,10 @@ class TransformersEngine(Engine):
     def max_seq_len(self) -> int:
         return self.model.max_seq_len
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
     def fingerprint(self) -> str:
         return self.model.fingerprint()  # type: ignore[attr-defined]
 

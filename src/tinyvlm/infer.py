@@ -178,10 +178,11 @@ class Engine:
         answers: list[str] = [""] * len(prompts)
         self.model.eval()
         bar = Progress(len(order), "generate", "q", enabled=progress, leave=False)
-        if self._share is None:
-            self._share = CpuShare(enabled=self.device.type == "cpu")
+        share = getattr(self, "_share", None)  # engines built without __init__ have none
+        if share is None:
+            share = self._share = CpuShare(enabled=self.device.type == "cpu")
         for start in range(0, len(order), self.batch_size):
-            self._share.tick()
+            share.tick()
             chunk = order[start : start + self.batch_size]
             texts, seconds, made = self._run(
                 [prompts[i] for i in chunk], sampling, generator,
@@ -198,7 +199,7 @@ class Engine:
                 on_batch(chunk, texts, seconds)
             bar.update(len(chunk))
         bar.close()
-        self._share.restore()
+        share.restore()
         return answers
 
     def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:

@@ -271,8 +271,10 @@ def launched(parallel: ParallelConfig | None = None) -> Iterator[Runtime]:
     shutdown(runtime)
 
 
-_LOST = ("Timed out", "timed out", "Connection closed by peer", "Connection reset",
-         "Broken pipe", "NCCL error", "Socket Timeout")
+# What gloo and nccl say when a peer is gone or hangs (lower case): a timed-out recv or send,
+# "Application timeout caused pair closure" inside DDP's backward, a closed connection.
+_LOST = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
+         "nccl error", "pair closure")
 
 
 def collective_failure(e: BaseException) -> str | None:
@@ -280,9 +282,10 @@ def collective_failure(e: BaseException) -> str | None:
     None for any other error."""
     text = str(e)
     if not isinstance(e, RuntimeError | CheckpointException) or \
-            not any(s in text for s in _LOST):
+            not any(s in text.lower() for s in _LOST):
         return None
     rank = dist.get_rank() if dist.is_initialized() else "?"
-    cause = next((ln.strip() for ln in text.splitlines() if any(s in ln for s in _LOST)), "")
+    cause = next((ln.strip() for ln in text.splitlines()
+                  if any(s in ln.lower() for s in _LOST)), "")
     return (f"rank {rank}: another process died or stopped answering ({cause[:200]}); "
             "this process stops")
