@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,66 @@ class Router(nn.Module):
         return logits.gather(1, task_ids.view(-1, 1, 1).expand(-1, 1, e)).squeeze(1)
 
 
+def _fused_experts_apply(x: Tensor, gate_up: Tensor, down: Tensor) -> bool:
+    """Whether the hand-written backward serves: fp32 without autocast (autocast's casts and
+    higher-order gradients go through autograd's own path)."""
+    return (torch.is_grad_enabled() and x.dtype == gate_up.dtype == down.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+class _Experts(torch.autograd.Function):
+    """Every expert's SwiGLU over its slice of the expert-sorted tokens, with a backward
+    that writes each expert's weight gradients straight into one (E, ...) buffer: autograd's
+    own path stacks per-expert gradients (a full copy of both weights) and concatenates the
+    gate/up halves per expert, which cost a quarter of a step at 512 tokens."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, gate_up: Tensor, down: Tensor, counts: list[int]
+                ) -> Tensor:
+        hidden = gate_up.shape[1] // 2
+        h = x.new_empty(x.shape[0], 2 * hidden)
+        y = x.new_empty(x.shape[0], down.shape[1])
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                rows = slice(start, start + n)
+                torch.mm(x[rows], gate_up[e].t(), out=h[rows])
+                gate, up = h[rows, :hidden], h[rows, hidden:]
+                torch.mm(F.silu(gate) * up, down[e].t(), out=y[rows])
+                start += n
+        ctx.save_for_backward(x, gate_up, down, h)
+        ctx.counts = counts
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, gate_up, down, h = ctx.saved_tensors
+        hidden = gate_up.shape[1] // 2
+        dx = torch.empty_like(x)
+        d_gate_up = torch.empty_like(gate_up)
+        d_down = torch.empty_like(down)
+        start = 0
+        for e, n in enumerate(ctx.counts):
+            if not n:  # an expert no token chose: zero gradient, as autograd gives it
+                d_gate_up[e].zero_()
+                d_down[e].zero_()
+                continue
+            rows = slice(start, start + n)
+            start += n
+            gate, up = h[rows, :hidden], h[rows, hidden:]
+            act = F.silu(gate)
+            dy_e = dy[rows]
+            torch.mm(dy_e.t(), act * up, out=d_down[e])
+            d_act = dy_e @ down[e]
+            d_up = d_act * act
+            d_gate = torch.ops.aten.silu_backward(d_act * up, gate)
+            torch.mm(d_gate.t(), x[rows], out=d_gate_up[e, :hidden])
+            torch.mm(d_up.t(), x[rows], out=d_gate_up[e, hidden:])
+            torch.mm(d_gate, gate_up[e, :hidden], out=dx[rows])
+            dx[rows].addmm_(d_up, gate_up[e, hidden:])
+        return dx, d_gate_up, d_down, None
+
+
 class MoE(nn.Module):
     """E SwiGLU experts (stacked weights), a top-k router, an optional shared expert.
 
@@ -202,18 +263,21 @@ class MoE(nn.Module):
         counts = torch.bincount(expert_of, minlength=self.num_experts).tolist()
         token_of, gate_of = token_of[order], gate_of[order]
         sorted_x = x.index_select(0, token_of)
-        # One unbind per weight, not weight[e] per expert: indexing a parameter once per expert
-        # makes backward allocate and zero-fill a full-size gradient for every expert.
-        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
-        outputs = []
-        for e, chunk in enumerate(sorted_x.split(counts)):
-            if chunk.shape[0] == 0:
-                continue
-            gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
-            outputs.append(F.linear(F.silu(gate) * up, down[e]))
-        if not outputs:
+        if not any(counts):
             return x.new_zeros(n, x.shape[-1])
-        sorted_y = torch.cat(outputs)
+        if _fused_experts_apply(sorted_x, self.gate_up_proj, self.down_proj):
+            sorted_y = _Experts.apply(sorted_x, self.gate_up_proj, self.down_proj, counts)
+        else:
+            # One unbind per weight, not weight[e] per expert: indexing a parameter once per
+            # expert makes backward allocate and zero-fill a full-size gradient for each.
+            gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+            outputs = []
+            for e, chunk in enumerate(sorted_x.split(counts)):
+                if chunk.shape[0] == 0:
+                    continue
+                gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
+                outputs.append(F.linear(F.silu(gate) * up, down[e]))
+            sorted_y = torch.cat(outputs)
         # Weight each choice by its gate while still sorted, then sum a token's choices.
         sorted_y = sorted_y * gate_of.to(sorted_y.dtype).unsqueeze(-1)
         return sorted_y.new_zeros(n, x.shape[-1]).index_add(0, token_of, sorted_y)
