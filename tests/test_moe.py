@@ -416,7 +416,7 @@ def test_the_hand_written_expert_backward_equals_autograds(
         monkeypatch: pytest.MonkeyPatch, experts: int, top_k: int, tokens: int) -> None:
     """fp32 training runs the experts through a Function whose backward writes each expert's
     weight gradients into one buffer; outputs and every gradient equal autograd's own path
-    (experts no token chose included: 8 experts, 10 choices)."""
+    (also with 10 choices over 8 experts)."""
     import tinyvlm.models.moe as moe_module
     from tinyvlm.config import MoEConfig
     from tinyvlm.models.context import ForwardContext
