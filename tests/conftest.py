@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,4 +90,23 @@ def chatty(tokenizer: Tokenizer) -> TinyVLM:
     return model
 
 
-__all__ = ["TEXTS", "chatty", "tiny_model_config", "tiny_recipe"]
+@contextlib.contextmanager
+def one_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone (a free localhost port), destroyed after:
+    distributed runtimes in-process, without torchrun."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+__all__ = ["TEXTS", "chatty", "one_process_group", "tiny_model_config", "tiny_recipe"]

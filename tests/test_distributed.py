@@ -208,10 +208,7 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
     """Under DDP and FSDP2 the frozen teacher is never wrapped for training: no gradients,
     no optimizer state, not in the trained module, also when it is sharded for inference,
     and a mimic step with the sharded teacher computes what the plain teacher computes."""
-    import socket
-
     import torch
-    import torch.distributed as dist
 
     from tinyvlm.config import MimicConfig, StageConfig
     from tinyvlm.models.vlm import TinyVLM
@@ -219,19 +216,14 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
     from tinyvlm.train.loop import _Trainer
     from tinyvlm.train.objectives.mimic import Mimic
 
-    from .conftest import tiny_model_config
+    from .conftest import one_process_group, tiny_model_config
 
     torch.manual_seed(0)
     TinyVLM.from_tokenizer(tiny_model_config(), tokenizer).save_pretrained(tmp_path / "t")
     student = TinyVLM.from_tokenizer(tiny_model_config(), tokenizer)
     stage = StageConfig(name="kd", objective="mimic", steps=1,
                         mimic=MimicConfig(teacher=str(tmp_path / "t")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                            world_size=1)
-    try:
+    with one_process_group():
         kind = FSDPRuntime if strategy == "fsdp" else DistributedRuntime
         runtime = kind(rank=0, world_size=1, frozen=frozen)
         objective = Mimic(student, stage)
@@ -252,8 +244,6 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
         out, ref = teacher(ids, torch.ones_like(ids)), plain.model(ids, torch.ones_like(ids))
         assert torch.allclose(out.logits, ref.logits, atol=1e-6)
         assert all(p.grad is None for p in teacher.parameters())
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")

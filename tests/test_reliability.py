@@ -117,23 +117,13 @@ def test_sharded_checkpoints_fall_back_and_resume_on_one_process(
     """Checkpoints of a distributed run (torch.distributed.checkpoint shards, here from a
     one-process group) carry checksums: a damaged one is skipped, and a plain process
     resumes from the one before, ending bit for bit where an uninterrupted run ends."""
-    import socket
-
-    import torch.distributed as dist
-
     from tinyvlm.train.distributed import DistributedRuntime
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                            world_size=1)
-    try:
-        with pytest.raises(RuntimeError, match="killed"):
-            train(shapes_tokenizer, shapes_dir, tmp_path, stage(), stop_after=4,
-                  runtime=DistributedRuntime(rank=0, world_size=1))
-    finally:
-        dist.destroy_process_group()
+    from .conftest import one_process_group
+
+    with one_process_group(), pytest.raises(RuntimeError, match="killed"):
+        train(shapes_tokenizer, shapes_dir, tmp_path, stage(), stop_after=4,
+              runtime=DistributedRuntime(rank=0, world_size=1))
     run = RunDir(tmp_path)
     step4 = run.step_dir("sft", 4)
     assert (step4 / "dcp" / ".metadata").is_file() and not (step4 / "model").exists()
