@@ -47,6 +47,13 @@ def weights(run: Path) -> dict:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+def weight_gap(a: Path, b: Path) -> float:
+    """The largest difference between two runs' final weights (the same tensors in both)."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
 def objective_state(step_dir: Path) -> dict:
     """The objective's whole tensors in a checkpoint of either kind."""
     import torch
@@ -78,10 +85,7 @@ def test_two_processes_train_what_one_trains(shapes_dir: Path, tmp_path: Path,
     recipe_file = save(recipe, tmp_path / "recipe.yaml")
     train_ok(recipe_file, tmp_path / "one", 1)
     train_ok(recipe_file, tmp_path / "two", 2)
-    a = weights(tmp_path / "one")
-    b = weights(tmp_path / "two")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = weight_gap(tmp_path / "one", tmp_path / "two")
     assert worst < 1e-5, worst  # the same gradient, summed in another order
     rows = metrics(tmp_path / "two")
     ones = metrics(tmp_path / "one")
@@ -157,9 +161,7 @@ def test_a_killed_worker_and_a_resume_on_another_world_size(shapes_dir: Path, tm
     assert [r["step"] for r in ref_rows] == [r["step"] for r in run_rows]
     for r, s in zip(ref_rows, run_rows, strict=True):
         assert abs(r["loss"] - s["loss"]) < 1e-3, (r, s)
-    a = weights(tmp_path / "ref")
-    b = weights(tmp_path / "run")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2
+    assert weight_gap(tmp_path / "ref", tmp_path / "run") < 1e-2
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
@@ -249,7 +251,7 @@ def test_the_teacher_is_not_part_of_the_wrapped_module(tokenizer, tmp_path: Path
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
 def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
     """parallel.strategy fsdp (FSDP2 fully_shard over 2 processes) against DDP: the same
-    weights; its checkpoints are whole, so the run resumes on one process."""
+    weights; its sharded checkpoint resumes on one process."""
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
     recipe = tiny_recipe(data, steps=4, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1,
@@ -259,10 +261,8 @@ def test_fsdp2_trains_what_ddp_trains(shapes_dir: Path, tmp_path: Path) -> None:
     fsdp_file = save(recipe, tmp_path / "fsdp.yaml")
     train_ok(ddp_file, tmp_path / "ddp", 2)
     train_ok(fsdp_file, tmp_path / "fsdp", 2)
-    a = weights(tmp_path / "ddp")
     b = weights(tmp_path / "fsdp")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = weight_gap(tmp_path / "ddp", tmp_path / "fsdp")
     assert worst < 1e-5, worst
     # Its step-2 checkpoint resumes on one process and ends where it ended.
     shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / "sft" / "step-000004")
@@ -309,11 +309,8 @@ def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
         tol = 1e-3 if "router_loss" in r else 1e-5
         assert abs(r["loss"] - s["loss"]) < tol, (r, s)
         assert abs(r.get("ce", 0) - s.get("ce", 0)) < max(tol, 1e-4), (r, s)  # reduced too
-    a = weights(tmp_path / "one")
-    b = weights(tmp_path / "two")
-    assert a.keys() == b.keys()
     # Adam turns float-level gradient noise into lr-sized steps where a gradient is ~0.
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2
+    assert weight_gap(tmp_path / "one", tmp_path / "two") < 1e-2
     pairs = (tmp_path / "two" / "checkpoints" / "pairs" / "pairs.jsonl").read_text()
     assert pairs == (tmp_path / "one" / "checkpoints" / "pairs" / "pairs.jsonl").read_text()
 
@@ -323,18 +320,11 @@ def test_every_stage_kind_under_torchrun(shapes_dir: Path, tmp_path: Path,
 def test_task_heads_under_torchrun(shapes_dir: Path, tmp_path: Path, strategy: str) -> None:
     """M3ViT's task heads (an objective with its own parameters) and a task-routed MoE ViT
     train under DDP and FSDP2, and the heads' checkpointed state is whole."""
-    from tinyvlm.config import MoEConfig, StageConfig
-    from tinyvlm.schema import from_dict
+    from .test_moe_runs import task_heads_recipe
 
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
-    recipe = tiny_recipe(data)
-    recipe.stages = [from_dict(StageConfig, {"name": "tasks", "objective": "task_heads",
-                                             "trainable": ["vision"], "steps": 3,
-                                             "batch_size": 8, "warmup_steps": 1,
-                                             "log_every": 1})]
-    recipe.model.vision.moe = MoEConfig(experts=4, top_k=2, layers=[1],
-                                        task_routing="multi_gate", num_tasks=4)
+    recipe = task_heads_recipe(data, steps=3, log_every=1)
     recipe.parallel.strategy = strategy
     recipe_file = save(recipe, tmp_path / "recipe.yaml")
     for name, procs in (("one", 1), ("two", 2)):

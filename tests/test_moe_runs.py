@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tinyvlm.analysis.expert_load import expert_load, plot_expert_load
-from tinyvlm.config import MoEConfig, StageConfig, from_dict
+from tinyvlm.config import MoEConfig, Recipe, StageConfig, from_dict
 from tinyvlm.data.llava import load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.models.vlm import TinyVLM
@@ -92,15 +92,21 @@ def test_upcycle_command(tokenizer: Tokenizer, tmp_path: Path, monkeypatch, caps
     assert code == 2 and "--layers" in err
 
 
-def test_task_routed_vit_end_to_end(shapes_dir: Path, tmp_path: Path, monkeypatch,
-                                    capsys) -> None:
-    recipe = tiny_recipe(shapes_dir, steps=4)
+def task_heads_recipe(data: Path, steps: int, log_every: int) -> Recipe:
+    """A tiny recipe of one task-heads stage over a task-routed MoE ViT (M3ViT)."""
+    recipe = tiny_recipe(data, steps=steps)
     recipe.stages = [from_dict(StageConfig, {"name": "tasks", "objective": "task_heads",
-                                             "trainable": ["vision"], "steps": 4,
+                                             "trainable": ["vision"], "steps": steps,
                                              "batch_size": 8, "warmup_steps": 1,
-                                             "log_every": 2})]
+                                             "log_every": log_every})]
     recipe.model.vision.moe = MoEConfig(experts=4, top_k=2, layers=[1],
                                         task_routing="multi_gate", num_tasks=4)
+    return recipe
+
+
+def test_task_routed_vit_end_to_end(shapes_dir: Path, tmp_path: Path, monkeypatch,
+                                    capsys) -> None:
+    recipe = task_heads_recipe(shapes_dir, steps=4, log_every=2)
     run = tmp_path / "run"
     run_recipe(recipe, run, progress=False)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
