@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from tinyvlm.data import shapes
 from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.models.vlm import TinyVLM
+
+# Threads stay as they are during tests: CPU sharing would change them with the machine's
+# load, and with them the last bits of float results that bit-exact tests compare.
+os.environ["TINYVLM_CPU_SHARE"] = "0"
 
 TEXTS = [
     "<image>\nhow many shapes are there?", "3", "what colour is the circle?", "red",

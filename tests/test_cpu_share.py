@@ -8,6 +8,12 @@ import pytest
 from tinyvlm.cpu_share import CpuShare
 
 
+@pytest.fixture(autouse=True)
+def sharing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite turns CPU sharing off (conftest); these tests are about it."""
+    monkeypatch.setenv("TINYVLM_CPU_SHARE", "1")
+
+
 class Machine:
     """Seconds of wall time, machine CPU and own CPU, advanced by hand."""
 
@@ -22,7 +28,7 @@ class Machine:
         self.busy += (mine + others) * seconds
 
     def share(self, threads: int = 2) -> CpuShare:
-        return CpuShare(max_threads=threads, clock=lambda: self.t,
+        return CpuShare(max_threads=threads, cores=threads, clock=lambda: self.t,
                         machine=lambda: self.busy, own=lambda: self.mine,
                         set_threads=self.calls.append)
 
@@ -72,20 +78,23 @@ def test_it_stays_out_of_the_way_when_it_cannot_help(monkeypatch: pytest.MonkeyP
     assert m.calls == []
 
 
-def test_a_pinned_recipe_keeps_its_threads(shapes_dir, tmp_path) -> None:
+def test_a_pinned_recipe_keeps_its_threads(shapes_dir, tmp_path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's `threads` pins them: neither the loop nor an engine changes them after."""
     import torch
 
+    from tinyvlm import cpu_share
     from tinyvlm.train.pipeline import run_recipe
-    from tinyvlm.train.runtime import Runtime
 
     from .conftest import tiny_recipe
 
+    monkeypatch.setattr(cpu_share, "_pinned", False)
     before = torch.get_num_threads()
     recipe = tiny_recipe(shapes_dir, steps=1)
     recipe.threads = 1
-    runtime = Runtime()
     try:
-        run_recipe(recipe, tmp_path / "run", progress=False, runtime=runtime)
+        run_recipe(recipe, tmp_path / "run", progress=False)
+        assert cpu_share.pinned() and torch.get_num_threads() == 1
+        assert not CpuShare(max_threads=2, machine=lambda: 0.0).enabled
     finally:
         torch.set_num_threads(before)
-    assert runtime.share_cpu is False

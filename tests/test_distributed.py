@@ -505,3 +505,39 @@ def test_a_lost_peer_is_told_apart_from_other_errors(message: str) -> None:
     assert line is not None and message[:30] in line and "\n" not in line
     assert collective_failure(RuntimeError("shape mismatch")) is None
     assert collective_failure(ValueError("timed out")) is None
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_a_signal_to_one_process_stops_all_of_them_at_one_step(shapes_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """SIGTERM to one training process: every process saves the same step's sharded
+    checkpoint (the stop request is reduced over processes), and it is complete."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    recipe = tiny_recipe(data, steps=400, batch_size=8, warmup_steps=1, log_every=1)
+    proc = launch(save(recipe, tmp_path / "recipe.yaml"), tmp_path / "run", 2)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").is_file():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ranks = {int(dict(kv.split("=", 1) for kv in Path(f"/proc/{p}/environ").read_text()
+                          .split("\0") if "=" in kv)["RANK"]): p
+                 for p in worker_pids(proc.pid)}
+        os.kill(ranks[1], signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    steps = [int(p.name.removeprefix("step-")) for p in
+             (tmp_path / "run" / "checkpoints" / "sft").glob("step-*")]
+    assert len(steps) == 1 and 0 < steps[0] < 400, (steps, err[-2000:])
+    step_dir = tmp_path / "run" / "checkpoints" / "sft" / f"step-{steps[0]:06d}"
+    assert (step_dir / "checksums.json").is_file()
+    assert sorted(p.name for p in (step_dir / "rng").iterdir()) == ["rank-00000.pt",
+                                                                   "rank-00001.pt"]
+    assert "interrupted in stage 'sft'" in err, err[-6000:]

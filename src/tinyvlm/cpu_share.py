@@ -9,8 +9,10 @@ machine used since its last reading (/proc/stat minus this process's own time) a
 thread count to the cores the others leave, between 1 and the count it started with; it
 goes back up once the others are quiet again.
 
-Off when the machine cannot say (no /proc/stat), on a GPU, when `threads` is pinned in the
-recipe, or with TINYVLM_CPU_SHARE=0.
+Off when the machine cannot say (no /proc/stat), on a GPU, when the threads are pinned
+(`pin_threads`, a recipe's `threads`), or with TINYVLM_CPU_SHARE=0. A changed thread count
+can change float results in the last bits (reductions split differently), so a run that
+must repeat bit for bit pins its threads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ import torch
 INTERVAL_S = 1.0  # between readings: /proc/stat costs ~20 us, a step 10-1000 ms
 BUSY = 0.3  # cores the others must use before a thread is given up
 QUIET = 0.15  # and below which it is taken back (hysteresis: no flapping)
+
+
+_pinned = False
+
+
+def pin_threads(threads: int) -> None:
+    """Set torch's intra-op threads for good: CPU sharing leaves them alone from now on."""
+    global _pinned
+    torch.set_num_threads(threads)
+    _pinned = True
+
+
+def pinned() -> bool:
+    return _pinned
 
 
 def machine_busy_seconds() -> float | None:
@@ -57,14 +73,16 @@ class CpuShare:
     """Adjusts torch's thread count to the cores other processes leave free."""
 
     def __init__(self, enabled: bool = True, max_threads: int | None = None,
-                 clock: Callable[[], float] = time.monotonic,
+                 cores: int | None = None, clock: Callable[[], float] = time.monotonic,
                  machine: Callable[[], float | None] = machine_busy_seconds,
                  own: Callable[[], float] = own_seconds,
                  set_threads: Callable[[int], None] = torch.set_num_threads):
         self.max_threads = max_threads or torch.get_num_threads()
         self.threads = self.max_threads
         self.clock, self.machine, self.own, self.set_threads = clock, machine, own, set_threads
-        self.enabled = (enabled and os.environ.get("TINYVLM_CPU_SHARE", "1") != "0"
+        self.cores = cores or usable_cores()  # those this process may run on
+        self.enabled = (enabled and not _pinned
+                        and os.environ.get("TINYVLM_CPU_SHARE", "1") != "0"
                         and self.max_threads > 1 and machine() is not None)
         self._last = self._reading() if self.enabled else None
         self.others = 0.0  # cores the rest of the machine used in the last interval
@@ -83,14 +101,14 @@ class CpuShare:
             return self.threads
         others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
         self._last, self.others = now, others
-        if others > BUSY:
-            want = max(1, min(self.max_threads, self.max_threads - math.ceil(others - BUSY)))
+        if others > BUSY:  # the cores this process may use, less those the others took
+            want = max(1, min(self.max_threads, self.cores - math.ceil(others - BUSY)))
             self._quiet = 0
         elif others < QUIET:
             self._quiet += 1  # two quiet readings in a row before threads come back
             want = self.max_threads if self._quiet >= 2 else self.threads
         else:
-            want = self.threads
+            want, self._quiet = self.threads, 0
         if want != self.threads:
             self.threads = want
             self.set_threads(want)

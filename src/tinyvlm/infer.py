@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tinyvlm.cpu_share import CpuShare
+from tinyvlm.cpu_share import CpuShare, share_restored
 from tinyvlm.data.collate import Batch
 from tinyvlm.data.conversation import IMAGE, Conversation, Turn, place_images
 from tinyvlm.data.images import ImageStore
@@ -181,25 +181,25 @@ class Engine:
         share = getattr(self, "_share", None)  # engines built without __init__ have none
         if share is None:
             share = self._share = CpuShare(enabled=self.device.type == "cpu")
-        for start in range(0, len(order), self.batch_size):
-            share.tick()
-            chunk = order[start : start + self.batch_size]
-            texts, seconds, made = self._run(
-                [prompts[i] for i in chunk], sampling, generator,
-                None if on_text is None else
-                lambda row, text, chunk=chunk: on_text(chunk[row], text),
-                None if cancel is None else lambda row, chunk=chunk: cancel(chunk[row]))
-            if counts is not None:
-                counts.extend([0] * (len(prompts) - len(counts)))
-                for i, n in zip(chunk, made, strict=True):
-                    counts[i] = n
-            for i, text in zip(chunk, texts, strict=True):
-                answers[i] = text
-            if on_batch is not None:
-                on_batch(chunk, texts, seconds)
-            bar.update(len(chunk))
+        with share_restored(share):  # the thread count it started with, whatever happens
+            for start in range(0, len(order), self.batch_size):
+                share.tick()
+                chunk = order[start : start + self.batch_size]
+                texts, seconds, made = self._run(
+                    [prompts[i] for i in chunk], sampling, generator,
+                    None if on_text is None else
+                    lambda row, text, chunk=chunk: on_text(chunk[row], text),
+                    None if cancel is None else lambda row, chunk=chunk: cancel(chunk[row]))
+                if counts is not None:
+                    counts.extend([0] * (len(prompts) - len(counts)))
+                    for i, n in zip(chunk, made, strict=True):
+                        counts[i] = n
+                for i, text in zip(chunk, texts, strict=True):
+                    answers[i] = text
+                if on_batch is not None:
+                    on_batch(chunk, texts, seconds)
+                bar.update(len(chunk))
         bar.close()
-        share.restore()
         return answers
 
     def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:

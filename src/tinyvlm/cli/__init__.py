@@ -61,7 +61,10 @@ def main() -> None:
     except click.exceptions.Abort as e:
         if isinstance(e.__cause__, EOFError):  # click reports EOFError as an abort
             _fail(f"unexpected end of input ({e.__cause__ or 'EOF'})")
-        click.echo("interrupted", err=True)
+        if isinstance(e.__cause__, TrainingInterrupted):  # and a stopped stage too
+            click.echo(f"{e.__cause__}; resume with: {resume_command()}", err=True)
+        else:
+            click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()

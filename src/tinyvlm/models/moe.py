@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from tinyvlm.config import MoEConfig
 from tinyvlm.models.context import ForwardContext
@@ -138,8 +139,8 @@ class Router(nn.Module):
 
 
 def _fused_experts_apply(x: Tensor, gate_up: Tensor, down: Tensor) -> bool:
-    """Whether the hand-written backward serves: fp32 without autocast (autocast's casts and
-    higher-order gradients go through autograd's own path)."""
+    """Whether the hand-written backward serves: fp32 without autocast (autocast's casts go
+    through autograd's own path; the Function does not support double backward)."""
     return (torch.is_grad_enabled() and x.dtype == gate_up.dtype == down.dtype == torch.float32
             and not torch.is_autocast_enabled(x.device.type))
 
@@ -169,31 +170,36 @@ class _Experts(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, gate_up, down, h = ctx.saved_tensors
+        want_x, want_w1, want_w2 = ctx.needs_input_grad[:3]
         hidden = gate_up.shape[1] // 2
-        dx = torch.empty_like(x)
-        d_gate_up = torch.empty_like(gate_up)
-        d_down = torch.empty_like(down)
+        dx = torch.empty_like(x) if want_x else None
+        # Experts no token chose keep a zero gradient, as autograd gives them.
+        d_gate_up = torch.zeros_like(gate_up) if want_w1 else None
+        d_down = torch.zeros_like(down) if want_w2 else None
+        dy = dy.contiguous()
         start = 0
         for e, n in enumerate(ctx.counts):
-            if not n:  # an expert no token chose: zero gradient, as autograd gives it
-                d_gate_up[e].zero_()
-                d_down[e].zero_()
+            if not n:
                 continue
             rows = slice(start, start + n)
             start += n
             gate, up = h[rows, :hidden], h[rows, hidden:]
             act = F.silu(gate)
             dy_e = dy[rows]
-            torch.mm(dy_e.t(), act * up, out=d_down[e])
+            if d_down is not None:
+                torch.mm(dy_e.t(), act * up, out=d_down[e])
             d_act = dy_e @ down[e]
             d_up = d_act * act
             d_gate = torch.ops.aten.silu_backward(d_act * up, gate)
-            torch.mm(d_gate.t(), x[rows], out=d_gate_up[e, :hidden])
-            torch.mm(d_up.t(), x[rows], out=d_gate_up[e, hidden:])
-            torch.mm(d_gate, gate_up[e, :hidden], out=dx[rows])
-            dx[rows].addmm_(d_up, gate_up[e, hidden:])
+            if d_gate_up is not None:
+                torch.mm(d_gate.t(), x[rows], out=d_gate_up[e, :hidden])
+                torch.mm(d_up.t(), x[rows], out=d_gate_up[e, hidden:])
+            if dx is not None:
+                torch.mm(d_gate, gate_up[e, :hidden], out=dx[rows])
+                dx[rows].addmm_(d_up, gate_up[e, hidden:])
         return dx, d_gate_up, d_down, None
 
 

@@ -32,15 +32,18 @@ class DistributedRuntime(Runtime):
         return self.checkpoints == "sharded"
 
     def prepare_frozen(self, module: nn.Module) -> None:
-        """With frozen "shard", FSDP2 for inference: each block's weights are gathered for
-        its forward and freed after it, so a process holds 1/N of the teacher at rest. Every
-        process must then run the teacher on every micro-batch, as the objectives do."""
+        """With frozen "shard", FSDP2 for inference: each LM block's weights are gathered for
+        its forward and freed after it, so a process holds 1/N of them at rest. Every process
+        must then run the teacher on every micro-batch, as the objectives do."""
         if self.frozen != "shard":
             return
         from torch.distributed.fsdp import fully_shard
 
         kw = {"mesh": self._mesh()}
-        for block in [*module.language.blocks, *module.vision.blocks]:  # type: ignore
+        # The LM's blocks run on every micro-batch of every process; the vision tower only
+        # on those with images, so it stays in the root unit, gathered at every forward
+        # (its own units would wait for processes whose micro-batch has no image).
+        for block in module.language.blocks:  # type: ignore[union-attr]
             fully_shard(block, **kw)
         fully_shard(module, **kw)
 
@@ -266,7 +269,7 @@ def launched(parallel: ParallelConfig | None = None) -> Iterator[Runtime]:
         line = collective_failure(e)
         shutdown(runtime, failed=True)
         if line is not None:
-            raise PeerLost(line) from None
+            raise PeerLost(line) from e  # the collective's own error stays as the cause
         raise
     shutdown(runtime)
 
@@ -274,7 +277,7 @@ def launched(parallel: ParallelConfig | None = None) -> Iterator[Runtime]:
 # What gloo and nccl say when a peer is gone or hangs (lower case): a timed-out recv or send,
 # "Application timeout caused pair closure" inside DDP's backward, a closed connection.
 _LOST = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
-         "nccl error", "pair closure")
+         "pair closure")
 
 
 def collective_failure(e: BaseException) -> str | None:

@@ -278,7 +278,7 @@ def train_stage(
     bar = Progress(stage.steps, stage.name, "step", start,
                    enabled=progress and runtime.is_main)
     skipped = 0
-    share = CpuShare(enabled=runtime.share_cpu and runtime.device.type == "cpu")
+    share = CpuShare(enabled=runtime.device.type == "cpu")
     with _StopRequest() as stop, share_restored(share):
         for step in range(start, stage.steps):
             share.tick()
@@ -305,10 +305,13 @@ def train_stage(
                 window = _Window()
             at_checkpoint = done == stage.steps or (stage.checkpoint_every
                                                     and done % stage.checkpoint_every == 0)
-            if at_checkpoint or stop.asked:
+            # A signal reaches the processes at different moments: they stop together, at
+            # the step boundary any of them saw it by (a save is a collective).
+            asked = runtime.all_reduce_sum(float(stop.asked)) > 0
+            if at_checkpoint or asked:
                 ckpts.save(done, trainer.checkpoint(model, done, done == stage.steps),
                            runtime.barrier)
-            if stop.asked and done < stage.steps:
+            if asked and done < stage.steps:
                 bar.close()
                 raise TrainingInterrupted(stage.name, done, True)
     bar.close()

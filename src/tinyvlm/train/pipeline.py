@@ -20,6 +20,7 @@ from tinyvlm.config import (
     load_recipe,
     stage_refs,
 )
+from tinyvlm.cpu_share import pin_threads
 from tinyvlm.data import shapes
 from tinyvlm.data.llava import conversation_texts, load_llava
 from tinyvlm.data.tokenizer import Tokenizer
@@ -113,8 +114,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     run = RunDir(run_dir, is_main=runtime.is_main)
     with run.lock():
         if recipe.threads:  # pinned: the thread count no longer follows the machine's load
-            torch.set_num_threads(recipe.threads)
-            runtime.share_cpu = False
+            pin_threads(recipe.threads)
         if run.is_main:  # one process writes the data and the tokenizer; the others wait
             prepare_data(recipe.data, progress)
             train_tokenizer(recipe, run)

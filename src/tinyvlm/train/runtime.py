@@ -24,9 +24,6 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
-    # On the CPU, torch's threads follow the cores other processes leave free (off when the
-    # recipe pins `threads`): tinyvlm.cpu_share
-    share_cpu: bool = True
 
     @property
     def is_main(self) -> bool:

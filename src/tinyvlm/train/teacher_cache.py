@@ -135,11 +135,15 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
     if meta_path.is_file() and read_json(meta_path) != meta:
         raise InputError("a different cache is already there (other teacher, data or top-k); "
                          "choose another --out", out)
+    # Every process lists the missing shards before any of them writes one: listed after,
+    # a fast process's new shard would shift a slow one's share.
+    missing = [s for s in range(shards)
+               if not (out / f"shard-{s:05d}.safetensors").is_file()]
     if runtime.is_main:
         write_json(meta_path, meta)
     runtime.barrier()
     cache = TeacherCache(out)
-    missing = [s for s in range(shards) if not cache.shard_path(s).is_file()]
+    assert all(cache.shard_path(s) == out / f"shard-{s:05d}.safetensors" for s in missing[:1])
     todo = list(runtime.shard(missing))
     mine = sum(len(items[s * shard_size : (s + 1) * shard_size]) for s in todo)
     bar = Progress(mine, "teacher top-k" + (" (this process's shards)" if runtime.world_size
