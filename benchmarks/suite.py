@@ -2,7 +2,7 @@
 writes one JSON file (docs/performance.json) and regenerates docs/performance.md with its
 tables and PNG plots (docs/img/perf-*.png).
 
-    .venv/bin/python benchmarks/suite.py            # the whole suite (~10 min on 2 cores)
+    .venv/bin/python benchmarks/suite.py            # the whole suite (~6 min on 2 cores)
     .venv/bin/python benchmarks/suite.py --quick    # every section at small sizes (~1 min)
     .venv/bin/python benchmarks/suite.py --render   # docs from the existing JSON only
 
