@@ -112,6 +112,26 @@ def running(pid: int) -> bool:
         return False
 
 
+def wait_for_training(proc: subprocess.Popen, run: Path, seconds: float = 120) -> None:
+    """Until the run logs its first step (the job must still be running)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (run / "metrics.jsonl").is_file():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"no step logged within {seconds:.0f} s"
+        time.sleep(0.05)
+
+
+def worker_ranks(parent: int) -> dict[int, int]:
+    """rank -> pid of the training processes under a torchrun."""
+    def rank(pid: int) -> int:
+        env = Path(f"/proc/{pid}/environ").read_text().split("\0")
+        return int(dict(kv.split("=", 1) for kv in env if "=" in kv)["RANK"])
+
+    return {rank(p): p for p in worker_pids(parent)}
+
+
 def worker_pids(parent: int) -> list[int]:
     """The training processes under a torchrun (or the process itself)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True,
@@ -400,14 +420,8 @@ def test_a_process_that_stops_answering_ends_the_job_with_one_line(shapes_dir: P
     recipe.parallel.timeout_s = 5
     recipe_file = save(recipe, tmp_path / "recipe.yaml")
     proc = launch(recipe_file, tmp_path / "run", 2)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "metrics.jsonl").is_file():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "training did not start within 2 minutes"
-        time.sleep(0.05)
-    workers = worker_pids(proc.pid)
-    ranks = {int(dict(kv.split("=", 1) for kv in Path(f"/proc/{p}/environ").read_text()
-                      .split("\0") if "=" in kv)["RANK"]): p for p in workers}
+    wait_for_training(proc, tmp_path / "run")
+    ranks = worker_ranks(proc.pid)
     os.kill(ranks[1], signal.SIGSTOP)
     stopped = time.monotonic()
     try:
@@ -464,7 +478,6 @@ def test_the_lock_and_the_non_finite_stop_hold_under_torchrun(shapes_dir: Path,
     """A second run into a directory a torchrun job holds is refused; a non-finite loss
     stops every process at the same step (the loss they test is the reduced one)."""
     import signal
-    import time
 
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
@@ -472,11 +485,7 @@ def test_the_lock_and_the_non_finite_stop_hold_under_torchrun(shapes_dir: Path,
     long_file = save(recipe, tmp_path / "long.yaml")
     proc = launch(long_file, tmp_path / "run", 2)
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "run" / "metrics.jsonl").is_file():
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_training(proc, tmp_path / "run")
         second = train(long_file, tmp_path / "run", 1)
         assert second.returncode == 2
         assert "another run is using this directory" in second.stderr
@@ -513,21 +522,14 @@ def test_a_signal_to_one_process_stops_all_of_them_at_one_step(shapes_dir: Path,
     """SIGTERM to one training process: every process saves the same step's sharded
     checkpoint (the stop request is reduced over processes), and it is complete."""
     import signal
-    import time
 
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
     recipe = tiny_recipe(data, steps=400, batch_size=8, warmup_steps=1, log_every=1)
     proc = launch(save(recipe, tmp_path / "recipe.yaml"), tmp_path / "run", 2)
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "run" / "metrics.jsonl").is_file():
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        ranks = {int(dict(kv.split("=", 1) for kv in Path(f"/proc/{p}/environ").read_text()
-                          .split("\0") if "=" in kv)["RANK"]): p
-                 for p in worker_pids(proc.pid)}
+        wait_for_training(proc, tmp_path / "run")
+        ranks = worker_ranks(proc.pid)
         os.kill(ranks[1], signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

@@ -43,6 +43,10 @@ def cache_key(student: TinyVLM, data: DataConfig, stage: StageConfig) -> dict[st
 # ----------------------------------------------------------------------------- offline cache
 
 
+def shard_path(directory: Path, shard: int) -> Path:
+    return directory / f"shard-{shard:05d}.safetensors"
+
+
 class TeacherCache:
     """The teacher's top-k logits (fp16 values, int32 vocabulary indices) at every response
     position of a training file, in shards written atomically: `tinyvlm distill
@@ -76,7 +80,7 @@ class TeacherCache:
                              "`tinyvlm distill cache-teacher` again to finish it", self.dir)
 
     def shard_path(self, shard: int) -> Path:
-        return self.dir / f"shard-{shard:05d}.safetensors"
+        return shard_path(self.dir, shard)
 
     def _load(self) -> None:
         offsets = [0]
@@ -137,13 +141,11 @@ def cache_teacher(teacher_dir: str | Path, student: TinyVLM, data: DataConfig,
                          "choose another --out", out)
     # Every process lists the missing shards before any of them writes one: listed after,
     # a fast process's new shard would shift a slow one's share.
-    missing = [s for s in range(shards)
-               if not (out / f"shard-{s:05d}.safetensors").is_file()]
+    missing = [s for s in range(shards) if not shard_path(out, s).is_file()]
     if runtime.is_main:
         write_json(meta_path, meta)
     runtime.barrier()
     cache = TeacherCache(out)
-    assert all(cache.shard_path(s) == out / f"shard-{s:05d}.safetensors" for s in missing[:1])
     todo = list(runtime.shard(missing))
     mine = sum(len(items[s * shard_size : (s + 1) * shard_size]) for s in todo)
     bar = Progress(mine, "teacher top-k" + (" (this process's shards)" if runtime.world_size
