@@ -86,3 +86,9 @@ class DataConfig:
     # Every image a stage reads is checked before its first step: a bad one is an "error",
     # or "skip": the records that read it are left out, and counted.
     bad_images: str = "error"
+    # The labelled share of the training images (LLaVA-MoD's regime: a student that sees few
+    # labels). Stages with `images: labelled` (the default) train on this seeded share of the
+    # images of their file; with 1.0 (the default) every image is labelled. The rest is the
+    # unlabelled split: questions without answers, for mimic's `unlabelled` option.
+    labelled_fraction: float = 1.0
+    labelled_seed: int = 0

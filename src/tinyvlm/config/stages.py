@@ -39,6 +39,13 @@ class MimicConfig:
     # Relation distillation (LLaVA-KD): self-similarity of visual-token hidden states.
     rdist_weight: float = 0.0
     rdist_kind: str = "mse"  # "mse", "l1", "kl" or "cosine"
+    # Also distil on the questions about the unlabelled images (data.labelled_fraction < 1):
+    # the teacher answers them (greedy) and its distribution on those answers is the only
+    # target there (no CE), LLaVA-MoD's "mimic the teacher" in its pure form.
+    unlabelled: bool = False
+    # Distil only where the teacher is right (labelled answers whose first token is the
+    # teacher's argmax); the CE still covers every labelled answer.
+    only_correct: bool = False
     # Offline distillation: a directory written by `tinyvlm distill cache-teacher`; the
     # teacher's top-k logits are read from it instead of running the teacher.
     cache: str | None = None
@@ -100,6 +107,10 @@ class StageConfig:
     # for curricula, the question types to keep (from each turn's meta; empty: all).
     train: str | None = None
     question_types: list[str] = field(default_factory=list)
+    # Which training images: "labelled" (data.labelled_fraction of them, seeded; all of them
+    # at the default 1.0) or "all" (a teacher trained on the full set, an encoder's
+    # pretraining).
+    images: str = "labelled"
     steps: int = 100
     batch_size: int = 32
     grad_accum: int = 1

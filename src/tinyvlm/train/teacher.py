@@ -23,9 +23,10 @@ from tinyvlm.data.collate import (
     SFTCollator,
     answer_batch,
 )
-from tinyvlm.data.conversation import Conversation, Turn
+from tinyvlm.data.conversation import Conversation, Turn, standalone
 from tinyvlm.data.images import ImageStore
 from tinyvlm.errors import InputError
+from tinyvlm.infer import Engine, Sampling
 from tinyvlm.io import read_json
 from tinyvlm.models.hf import is_hf_directory
 from tinyvlm.models.load import load_model
@@ -167,3 +168,20 @@ def load_teacher(directory: str | Path, dtype: str = "fp32",
 
         return TransformersVLM(directory, dtype, device)
     return FrozenModel.from_pretrained(directory, dtype, device)
+
+
+def answer_questions(model: TinyVLM, convs: Sequence[Conversation], max_new_tokens: int = 8,
+                     batch_size: int = 256, progress: bool = False) -> list[Conversation]:
+    """The conversations with every answer replaced by `model`'s greedy answer to its
+    question asked on its own (with the image), the way the benchmarks ask; meta kept."""
+    engine = Engine(model, batch_size)
+    index = [(i, k) for i, c in enumerate(convs) for k in range(len(c.turns))]
+    prompts = [engine.encode([], standalone(convs[i].turns[:k], convs[i].turns[k][0]),
+                             convs[i].images) for i, k in index]
+    answers = engine.generate(prompts, Sampling(max_new_tokens=max_new_tokens),
+                              progress=progress)
+    turns: list[list[Turn]] = [list(c.turns) for c in convs]
+    for (i, k), answer in zip(index, answers, strict=True):
+        turns[i][k] = (turns[i][k][0], answer.strip())
+    return [Conversation(c.id, c.images, t, c.meta, c.source, c.system)
+            for c, t in zip(convs, turns, strict=True)]

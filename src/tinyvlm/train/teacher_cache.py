@@ -35,6 +35,8 @@ def cache_key(student: TinyVLM, data: DataConfig, stage: StageConfig) -> dict[st
     vocab = sorted(student.tokenizer.backend.get_vocab().items())
     return {"train_file": Path(stage.train or data.train).name,
             "question_types": list(stage.question_types),
+            "labelled": ([data.labelled_fraction, data.labelled_seed]
+                         if stage.images == "labelled" else "all"),
             "max_len": data.max_seq_len or student.config.language.max_seq_len,
             "image_tokens": student.image_tokens,
             "vocab_sha256": hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]}

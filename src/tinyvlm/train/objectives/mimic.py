@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from tinyvlm.config import DataConfig, MimicConfig, StageConfig
 from tinyvlm.data.collate import IGNORE, Batch
+from tinyvlm.data.conversation import Conversation
+from tinyvlm.data.labelled import is_labelled
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM, VLMOutput
 from tinyvlm.train.losses import (
@@ -29,7 +31,8 @@ from tinyvlm.train.losses import (
 )
 from tinyvlm.train.objectives.base import LossOutput, TrainData, stage_label, token_cross_entropy
 from tinyvlm.train.objectives.sft import SFT
-from tinyvlm.train.teacher import FrozenModel, Teacher, load_teacher
+from tinyvlm.train.stage_data import unlabelled_conversations
+from tinyvlm.train.teacher import FrozenModel, Teacher, answer_questions, load_teacher
 from tinyvlm.train.teacher_cache import TeacherCache, cache_key
 
 
@@ -40,6 +43,9 @@ class MimicBatch:
 
     student: Batch
     teacher: Batch | None = None  # None: the teacher reads the student's batch
+    # (B,) False for conversations about unlabelled images (teacher's answers: no CE); None:
+    # all labelled
+    labelled: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -47,7 +53,14 @@ class MimicBatch:
 
     def to(self, device: torch.device | str) -> MimicBatch:
         return MimicBatch(self.student.to(device),
-                          None if self.teacher is None else self.teacher.to(device))
+                          None if self.teacher is None else self.teacher.to(device),
+                          None if self.labelled is None else self.labelled.to(device))
+
+
+def row_flags(convs: Sequence[Conversation]) -> Tensor | None:
+    """Which conversations are labelled; None when all are."""
+    flags = [is_labelled(c) for c in convs]
+    return None if all(flags) else torch.tensor(flags)
 
 
 @dataclass
@@ -108,7 +121,11 @@ class Mimic(SFT):
                   (cfg.teacher_backend in ("auto", "tinyvlm", "transformers"),
                    "mimic.teacher_backend must be auto, tinyvlm or transformers"),
                   (cfg.cache is not None or bool(cfg.teacher),
-                   "mimic.teacher (a model directory) is required")]
+                   "mimic.teacher (a model directory) is required"),
+                  (not (cfg.unlabelled or cfg.only_correct) or (cfg.cache is None
+                                                                 and cfg.kind != "uld"),
+                   "mimic.unlabelled and mimic.only_correct need a running tinyvlm teacher "
+                   "(no cache, not uld)")]
         for ok, message in checks:
             if not ok:
                 raise InputError(f"{where}: {message}")
@@ -151,15 +168,32 @@ class Mimic(SFT):
         source = super().data(model, config, stage)
         if self.cfg.cache is not None:
             return self._cached(model, config, stage, source)
+        if self.cfg.unlabelled:
+            source = replace(source, items=[*source.items,
+                                            *self._answered(config, stage)])
         if self._shared:
-            return replace(source, collate=lambda convs: MimicBatch(source.collate(convs)))
+            return replace(source, collate=lambda convs: MimicBatch(source.collate(convs),
+                                                                    None, row_flags(convs)))
         teacher, student = self.teacher, source.collate
         assert teacher is not None
 
         def collate(convs: Sequence[Any]) -> MimicBatch:
-            return MimicBatch(student(convs), teacher.collate(student.fitted(convs)))
+            return MimicBatch(student(convs), teacher.collate(student.fitted(convs)),
+                              row_flags(convs))
 
         return replace(source, collate=collate)
+
+    def _answered(self, config: DataConfig, stage: StageConfig) -> list[Conversation]:
+        """The questions about the unlabelled images with the teacher's greedy answers."""
+        questions = unlabelled_conversations(config, stage)
+        teacher = self.teacher
+        if not questions:
+            raise InputError(f"{stage_label(stage, 'mimic')}: mimic.unlabelled needs "
+                             "unlabelled images: set data.labelled_fraction below 1")
+        if not isinstance(teacher, FrozenModel):
+            raise InputError(f"{stage_label(stage, 'mimic')}: mimic.unlabelled needs a "
+                             "tinyvlm teacher to answer the unlabelled questions")
+        return answer_questions(teacher.model, questions)
 
     def _cached(self, model: TinyVLM, config: DataConfig, stage: StageConfig,
                 source: TrainData) -> TrainData:
@@ -184,7 +218,12 @@ class Mimic(SFT):
         assert b.target_ids is not None
         out = model(b.input_ids, b.attention_mask, b.pixel_values, image_rows=b.image_rows)
         assert out.logits is not None
-        ce, n = token_cross_entropy(out.logits, b.target_ids)
+        labelled = batch.labelled if isinstance(batch, MimicBatch) else None
+        ce_targets = b.target_ids if labelled is None else b.target_ids.masked_fill(
+            ~labelled[:, None], IGNORE)  # the teacher's own answers are no labels
+        ce, n = token_cross_entropy(out.logits, ce_targets)
+        if labelled is not None:  # micro-batches weigh by every distilled answer token
+            n = int((b.target_ids != IGNORE).sum())
         cfg = self.cfg
         mask = kd_mask(b.target_ids, b.attention_mask, b.input_ids, self.image_token_id,
                        cfg.tokens)
@@ -194,7 +233,7 @@ class Mimic(SFT):
                                       cfg.temperature)
         else:
             teacher_batch = batch.teacher if batch.teacher is not None else b
-            teacher_out, kd = self._kd(out, mask, b, teacher_batch)
+            teacher_out, kd = self._kd(out, mask, b, teacher_batch, labelled)
         loss = cfg.ce_weight * ce + cfg.kd_weight * kd
         metrics = {"ce": float(ce.detach()), "kd": float(kd.detach())}
         if cfg.rdist_weight and teacher_out is not None and b.pixel_values is not None:
@@ -204,8 +243,8 @@ class Mimic(SFT):
         # Only the student's records: the teacher's routers (if any) are not trained.
         return LossOutput(loss, n, metrics, out.records)
 
-    def _kd(self, out: VLMOutput, mask: Tensor, b: Batch, teacher_batch: Batch
-            ) -> tuple[VLMOutput, Tensor]:
+    def _kd(self, out: VLMOutput, mask: Tensor, b: Batch, teacher_batch: Batch,
+            labelled: Tensor | None = None) -> tuple[VLMOutput, Tensor]:
         teacher = self.teacher
         assert teacher is not None and out.logits is not None
         teacher_out = teacher(teacher_batch)
@@ -221,6 +260,14 @@ class Mimic(SFT):
                 raise InputError(f"uld: {e}") from None
             return teacher_out, uld_loss(s, t, cfg.temperature)
         s, t = aligned(out.logits, mask, teacher_out.logits, t_mask)
+        if cfg.only_correct:  # the labelled positions where the teacher's argmax is the label
+            assert b.target_ids is not None
+            right = t.argmax(-1) == b.target_ids[mask]
+            if labelled is not None:  # on its own answers the teacher is right by definition
+                right |= ~labelled[:, None].expand_as(mask)[mask]
+            s, t = s[right], t[right]
+            if not len(s):
+                return teacher_out, out.logits.sum() * 0.0
         kw = {"beta": cfg.beta} if cfg.kind == "js" else (
             {"alpha": cfg.alpha} if cfg.kind.startswith("skew") else {})
         kd, _ = distill_loss(s, t, None, cfg.kind, cfg.temperature, **kw)

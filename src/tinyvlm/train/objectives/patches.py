@@ -22,6 +22,7 @@ from tinyvlm.io import read_jsonl
 from tinyvlm.models.context import ForwardContext
 from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.objectives.base import LossOutput, Objective, TrainData, token_cross_entropy
+from tinyvlm.train.stage_data import labelled_image_paths
 
 
 @dataclass
@@ -53,8 +54,10 @@ class _PatchObjective(Objective):
             raise InputError(f"objective '{self.name}' needs ShapesWorld scene annotations, "
                              "missing", scenes_file)
         vcfg = model.config.vision
+        keep = labelled_image_paths(config, stage)  # dense labels are labels too
         items = [(root / s["image"], shapes.patch_labels(s, vcfg.image_size, vcfg.patch_size),
-                  len(s["objects"])) for s in read_jsonl(scenes_file)]
+                  len(s["objects"])) for s in read_jsonl(scenes_file)
+                 if keep is None or str(root / s["image"]) in keep]
         store = ImageStore.for_model(vcfg)
 
         def collate(batch: Sequence[tuple[Path, dict[str, np.ndarray], int]]) -> PatchBatch:

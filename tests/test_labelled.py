@@ -1,0 +1,179 @@
+"""The labelled / unlabelled split of the training images and mimic's use of both."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyvlm.config import DataConfig, MimicConfig, StageConfig, from_dict
+from tinyvlm.config.checks import data_rules
+from tinyvlm.data.collate import IGNORE
+from tinyvlm.data.labelled import image_key, labelled_images, split_labelled
+from tinyvlm.data.llava import load_llava
+from tinyvlm.data.tokenizer import Tokenizer
+from tinyvlm.infer import Engine, Sampling
+from tinyvlm.models.vlm import TinyVLM
+from tinyvlm.train.losses import distill_loss
+from tinyvlm.train.objectives import build_objective
+from tinyvlm.train.objectives.base import token_cross_entropy
+from tinyvlm.train.stage_data import stage_conversations, unlabelled_conversations
+
+from .conftest import tiny_model_config
+
+
+def data(shapes_dir: Path, fraction: float, seed: int = 0) -> DataConfig:
+    return from_dict(DataConfig, {"path": str(shapes_dir), "shapes": None,
+                                  "labelled_fraction": fraction, "labelled_seed": seed})
+
+
+def test_the_split_is_by_image_disjoint_seeded_and_order_free(shapes_dir: Path) -> None:
+    convs = load_llava(shapes_dir / "train.json")
+    images = {image_key(c) for c in convs}
+    labelled, unlabelled = split_labelled(convs, 0.25, seed=3)
+    seen, unseen = {image_key(c) for c in labelled}, {image_key(c) for c in unlabelled}
+    assert not seen & unseen and seen | unseen == images
+    assert len(seen) == round(0.25 * len(images))
+    shuffled = list(convs)
+    random.Random(0).shuffle(shuffled)
+    assert labelled_images(shuffled, 0.25, 3) == seen  # the file's order does not matter
+    assert labelled_images(convs, 0.25, 4) != seen  # the seed does
+    assert labelled_images(convs, 1.0, 3) == images
+    assert len(labelled_images(convs, 1e-6, 3)) == 1  # never an empty labelled set
+
+
+def test_the_unlabelled_split_carries_no_answers(shapes_dir: Path) -> None:
+    stage = StageConfig(name="s")
+    unlabelled = unlabelled_conversations(data(shapes_dir, 0.5), stage)
+    assert unlabelled and all(a == "" for c in unlabelled for _, a in c.turns)
+    assert all(m["labelled"] is False for c in unlabelled for m in c.meta)
+    labelled = stage_conversations(data(shapes_dir, 0.5), stage)[1]
+    answers = {a for c in labelled for _, a in c.turns}
+    assert "" not in answers and len(labelled) + len(unlabelled) == 48
+    # Questions are kept, turn for turn.
+    original = {c.id: c for c in load_llava(shapes_dir / "train.json")}
+    for c in unlabelled:
+        assert [q for q, _ in c.turns] == [q for q, _ in original[c.id].turns]
+
+
+def test_stages_of_a_curriculum_see_the_same_images(shapes_dir: Path) -> None:
+    config = data(shapes_dir, 0.25)
+    every = {image_key(c) for c in stage_conversations(config, StageConfig())[1]}
+    bind = stage_conversations(config, StageConfig(question_types=["colour_of"]))[1]
+    assert bind and {image_key(c) for c in bind} <= every
+    assert all(m["type"] == "colour_of" for c in bind for m in c.meta)
+    whole = stage_conversations(config, StageConfig(images="all"))[1]
+    assert len(whole) == 48 and len(every) == 12
+    assert not unlabelled_conversations(config, StageConfig(images="all"))
+
+
+def test_patch_labels_read_only_the_labelled_images(shapes_tokenizer: Tokenizer,
+                                                    shapes_dir: Path) -> None:
+    model = TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer)
+    config = data(shapes_dir, 0.25)
+    stage = StageConfig(objective="patch_labels", trainable=["vision"])
+    items = build_objective("patch_labels", model, stage).data(model, config, stage).items
+    labelled = {image_key(c) for c in stage_conversations(config, stage)[1]}
+    assert {str(path) for path, _, _ in items} == labelled
+    everything = StageConfig(objective="patch_labels", trainable=["vision"], images="all")
+    assert len(build_objective("patch_labels", model, everything).data(
+        model, config, everything).items) == 48
+
+
+def test_labelled_settings_are_checked() -> None:
+    bad = {k: v for _, rules in data_rules(from_dict(DataConfig, {"labelled_fraction": 0.0}),
+                                           *_defaults()) for ok, k, *v in rules if not ok}
+    assert set(bad) == {"labelled_fraction"}
+
+
+def _defaults():
+    from tinyvlm.config import EvalConfig, TokenizerConfig
+    return TokenizerConfig(), EvalConfig(), None
+
+
+def teacher_dir(tok: Tokenizer, root: Path) -> Path:
+    torch.manual_seed(1)
+    TinyVLM.from_tokenizer(tiny_model_config(), tok).save_pretrained(root)
+    return root
+
+
+def test_mimic_on_unlabelled_images_distils_the_teachers_own_answers(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
+    teacher = TinyVLM.from_pretrained(teacher_dir(shapes_tokenizer, tmp_path / "t"))
+    torch.manual_seed(2)
+    student = TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer)
+    stage = StageConfig(name="mimic", objective="mimic", mimic=MimicConfig(
+        teacher=str(tmp_path / "t"), unlabelled=True))
+    config = data(shapes_dir, 0.25)
+    obj = build_objective("mimic", student, stage)
+    source = obj.data(student, config, stage)
+    assert len(source.items) == 48  # 12 labelled conversations + 36 answered by the teacher
+    answered = [c for c in source.items if c.meta and c.meta[0].get("labelled") is False]
+    assert len(answered) == 36
+    # The answers are the teacher's greedy answers to each question asked on its own.
+    conv = answered[0]
+    engine = Engine(teacher)
+    first = engine.generate([engine.encode([], conv.turns[0][0], conv.images)],
+                            Sampling(max_new_tokens=8))[0]
+    assert conv.turns[0][1] == first.strip()
+
+    labelled = [c for c in source.items if c not in answered][:2]
+    batch = source.collate([*labelled, *answered[:2]])
+    assert batch.labelled.tolist() == [True, True, False, False]
+    out = obj(student, batch)
+    b = batch.student
+    logits = student(b.input_ids, b.attention_mask, b.pixel_values,
+                     image_rows=b.image_rows).logits
+    # CE on the labelled rows only; KD on every answer token, the teacher's answers included.
+    ce, _ = token_cross_entropy(logits[:2], b.target_ids[:2])
+    assert out.metrics["ce"] == pytest.approx(float(ce.detach()), rel=1e-5)
+    t_logits = teacher(b.input_ids, b.attention_mask, b.pixel_values,
+                       image_rows=b.image_rows).logits
+    mask = b.target_ids != IGNORE
+    kd, _ = distill_loss(logits[mask], t_logits[mask], None, "forward_kl", 1.0)
+    assert out.metrics["kd"] == pytest.approx(float(kd.detach()), rel=1e-5)
+    assert out.units == int(mask.sum())
+
+
+def test_only_correct_distils_where_the_teacher_is_right(
+        shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
+    teacher = TinyVLM.from_pretrained(teacher_dir(shapes_tokenizer, tmp_path / "t"))
+    torch.manual_seed(2)
+    student = TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer)
+    stage = StageConfig(name="mimic", objective="mimic", mimic=MimicConfig(
+        teacher=str(tmp_path / "t"), only_correct=True))
+    obj = build_objective("mimic", student, stage)
+    source = obj.data(student, data(shapes_dir, 1.0), stage)
+    batch = source.collate(source.items[:4])
+    b = batch.student
+    with torch.no_grad():
+        t_logits = teacher(b.input_ids, b.attention_mask, b.pixel_values,
+                           image_rows=b.image_rows).logits
+    # Make the teacher right on some answer tokens: copy the targets into its argmax.
+    mask = b.target_ids != IGNORE
+    rows, cols = mask.nonzero(as_tuple=True)
+    right = torch.zeros_like(mask)
+    right[rows[::2], cols[::2]] = True
+    fixed = t_logits.clone()
+    fixed[right] = fixed[right].scatter(-1, b.target_ids[right][:, None], 100.0)
+    obj.teacher.model.forward = _returning(obj.teacher.model, fixed)
+    out = obj(student, batch)
+    logits = student(b.input_ids, b.attention_mask, b.pixel_values,
+                     image_rows=b.image_rows).logits
+    keep = right | (mask & (t_logits.argmax(-1) == b.target_ids.clamp(min=0)))
+    kd, _ = distill_loss(logits[keep], fixed[keep], None, "forward_kl", 1.0)
+    assert 0 < int(keep.sum()) < int(mask.sum())
+    assert out.metrics["kd"] == pytest.approx(float(kd.detach()), rel=1e-5)
+
+
+def _returning(model: TinyVLM, logits: torch.Tensor):
+    original = model.forward
+
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.logits = logits
+        return out
+
+    return forward
