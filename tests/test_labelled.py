@@ -177,3 +177,34 @@ def _returning(model: TinyVLM, logits: torch.Tensor):
         return out
 
     return forward
+
+
+def test_a_labelled_regime_recipe_runs_resumes_and_hides_the_unlabelled_answers(
+        shapes_dir: Path, tmp_path: Path) -> None:
+    """Teacher on every image; student, ablation and pairs on the labelled quarter; mimic
+    also on the unlabelled questions. A rerun with resume changes nothing."""
+    import shutil
+
+    from tinyvlm.data.pairs import load_pairs
+    from tinyvlm.train.pipeline import run_recipe
+
+    from .test_recipes_multi import stage, teacher_student
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(shapes_dir, data_dir)
+    recipe = teacher_student(data_dir)
+    recipe.data.labelled_fraction = 0.25
+    recipe.stages[0].images = "all"
+    recipe.stages[2].mimic.unlabelled = True
+    recipe.stages.append(stage("pairs", action="build_pairs", build_pairs={
+        "samples": 2, "max_prompts": 4, "probes": "train.json", "seed": 1}))
+    run = tmp_path / "run"
+    run_recipe(recipe, run, progress=False)
+    labelled = {image_key(c) for c in stage_conversations(recipe.data, StageConfig())[1]}
+    pairs = load_pairs(run / "checkpoints" / "pairs" / "pairs.jsonl")
+    assert pairs and any(p["source"] == "pope" for p in pairs)
+    assert {str(Path(p["image"]).resolve()) for p in pairs} <= \
+        {str(Path(k).resolve()) for k in labelled}
+    before = (run / "model" / "model.safetensors").read_bytes()
+    run_recipe(recipe, run, resume=True, progress=False)
+    assert (run / "model" / "model.safetensors").read_bytes() == before

@@ -8,7 +8,7 @@ from tinyvlm.config import DataConfig, StageConfig
 from tinyvlm.data.collate import SFTCollator
 from tinyvlm.data.conversation import Conversation, filter_types
 from tinyvlm.data.images import ImageStore
-from tinyvlm.data.labelled import labelled_images, split_labelled
+from tinyvlm.data.labelled import image_key, labelled_images, split_labelled
 from tinyvlm.data.llava import load_llava
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM
@@ -32,6 +32,16 @@ def labelled_image_paths(config: DataConfig, stage: StageConfig) -> set[str] | N
         return None
     convs = load_llava(Path(config.path) / (stage.train or config.train))
     return labelled_images(convs, config.labelled_fraction, config.labelled_seed)
+
+
+def unlabelled_image_paths(config: DataConfig, stage: StageConfig) -> set[str]:
+    """The paths of the training images outside the stage's labelled share (empty when it
+    reads them all): their answers must not reach the stage, from any file."""
+    keep = labelled_image_paths(config, stage)
+    if keep is None:
+        return set()
+    convs = load_llava(Path(config.path) / (stage.train or config.train))
+    return {image_key(c) for c in convs} - keep
 
 
 def stage_split(config: DataConfig, stage: StageConfig

@@ -32,7 +32,7 @@ from tinyvlm.train.loop import check_modules, completed, load_final, train_stage
 from tinyvlm.train.objectives import TrainData, objective_class
 from tinyvlm.train.pairs import load_probes, make_pairs
 from tinyvlm.train.runtime import Runtime
-from tinyvlm.train.stage_data import stage_conversations
+from tinyvlm.train.stage_data import stage_conversations, unlabelled_image_paths
 from tinyvlm.train.teacher import FrozenModel
 
 
@@ -134,7 +134,10 @@ def run_build_pairs(r: StageRun) -> None:
                                            device=next(r.model.parameters()).device)
                if cfg.teacher else None)
     root = Path(r.recipe.data.path)
-    records = make_pairs(r.model, convs, load_probes(root / cfg.probes) if cfg.probes else [],
+    probes = load_probes(root / cfg.probes) if cfg.probes else []
+    hidden = unlabelled_image_paths(r.recipe.data, stage)  # their answers are not known
+    probes = [p for p in probes if not any(str(i) in hidden for i in p.images)]
+    records = make_pairs(r.model, convs, probes,
                          samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                          seed=cfg.seed, teacher=teacher, max_new_tokens=cfg.max_new_tokens,
                          max_prompts=cfg.max_prompts, max_probes=cfg.max_probes,
