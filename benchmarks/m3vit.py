@@ -47,6 +47,11 @@ def vision_params(model: TinyVLM) -> int:
     return sum(p.numel() for p in model.vision.parameters())
 
 
+def vision_megabytes(model: TinyVLM) -> float:
+    """The encoder's weights in memory (their own dtype), MB."""
+    return sum(p.numel() * p.element_size() for p in model.vision.parameters()) / 2**20
+
+
 def train(recipe: Recipe, out: Path) -> tuple[TinyVLM, TaskHeads, float]:
     start = time.perf_counter()
     run_recipe(recipe, out, resume=True, progress=False)
@@ -60,7 +65,8 @@ def study(recipe: Recipe, out: Path, min_share: float) -> dict[str, Any]:
     size = recipe.model.vision.image_size
     sparse = recipe.model.vision.moe is not None
     row: dict[str, Any] = {"model": recipe.name, "train_seconds": round(seconds, 1),
-                           "vision_params": vision_params(model), "tasks": {}}
+                           "vision_params": vision_params(model),
+                           "vision_mb": round(vision_megabytes(model), 2), "tasks": {}}
     for task, name in enumerate(TaskHeads.TASKS):
         result = evaluate_task(model, heads, test, task)
         entry = {"accuracy": result["accuracy"], "n": result["n"],
@@ -75,27 +81,32 @@ def study(recipe: Recipe, out: Path, min_share: float) -> dict[str, Any]:
                 "experts_kept": {str(k): len(v) for k, v in keep.items()},
                 "single_task_accuracy": pruned["accuracy"],
                 "single_task_vision_params": vision_params(single),
+                "single_task_vision_mb": round(vision_megabytes(single), 2),
                 "single_task_flops_per_image": vision_flops(single, size),
             })
         row["tasks"][name] = entry
     return row
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | task | accuracy | vision params | MFLOPs / image | experts kept "
-             "per MoE block | single-task accuracy | single-task params |",
-             "|---|---|---:|---:|---:|---|---:|---:|"]
+def markdown(rows: list[dict[str, Any]], experts: int | None = None) -> str:
+    lines = ["| model | task | accuracy | vision params | weights MB | MFLOPs / image | "
+             f"experts kept per MoE block{f' (of {experts})' if experts else ''} | "
+             "single-task accuracy | single-task params | single-task MB | "
+             "single-task MFLOPs |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for row in rows:
         for name, t in row["tasks"].items():
             kept = ", ".join(f"{v}" for v in t.get("experts_kept", {}).values()) or "-"
-            single_acc = (f"{100 * t['single_task_accuracy']:.1f}%"
-                          if "single_task_accuracy" in t else "-")
-            single_params = (f"{t['single_task_vision_params'] / 1e3:.0f}K"
-                             if "single_task_vision_params" in t else "-")
+            single = "single_task_accuracy" in t
+            cells = ([f"{100 * t['single_task_accuracy']:.1f}%",
+                      f"{t['single_task_vision_params'] / 1e3:.0f}K",
+                      f"{t['single_task_vision_mb']:.2f}",
+                      f"{t['single_task_flops_per_image'] / 1e6:.1f}"] if single
+                     else ["-"] * 4)
             lines.append(f"| {row['model']} | {name} | {100 * t['accuracy']:.1f}% | "
-                         f"{row['vision_params'] / 1e3:.0f}K | "
-                         f"{t['flops_per_image'] / 1e6:.1f} | {kept} | {single_acc} | "
-                         f"{single_params} |")
+                         f"{row['vision_params'] / 1e3:.0f}K | {row['vision_mb']:.2f} | "
+                         f"{t['flops_per_image'] / 1e6:.1f} | {kept} | " + " | ".join(cells)
+                         + " |")
     return "\n".join(lines)
 
 
@@ -108,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                          "share of the task's choices in a block (validation split)")
     ap.add_argument("--dense-ratios", default="2,4",
                     help="mlp_ratio of the dense baselines (comma separated)")
+    ap.add_argument("--shared-gate", action="store_true",
+                    help="also the MoE ViT with one shared, task-embedding gate and no "
+                         "mutual-information loss (the earlier recipe)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
@@ -115,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     recipes = [load_recipe(ROOT / "recipes" / "m3vit.yaml")]
+    if args.shared_gate:
+        shared = load_recipe(ROOT / "recipes" / "m3vit.yaml")
+        moe = shared.model.vision.moe
+        assert moe is not None
+        moe.task_routing, moe.task_mi_coef = "embedding", 0.0
+        shared.name = "m3vit-shared-gate"
+        recipes.append(shared)
     for ratio in (float(r) for r in args.dense_ratios.split(",")):
         dense = load_recipe(ROOT / "recipes" / "m3vit_dense.yaml")
         dense.model.vision.mlp_ratio = ratio
@@ -127,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 stage.steps = args.steps
         rows.append(study(recipe, out / recipe.name, args.min_share))
         print(f"{recipe.name}: done", file=sys.stderr, flush=True)
-    print(markdown(rows) if args.markdown else json.dumps(rows, indent=1))
+    experts = recipes[0].model.vision.moe.experts if recipes[0].model.vision.moe else None
+    print(markdown(rows, experts) if args.markdown else json.dumps(rows, indent=1))
     return 0
 
 

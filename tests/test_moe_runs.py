@@ -139,3 +139,11 @@ def test_task_routed_vit_end_to_end(shapes_dir: Path, tmp_path: Path, monkeypatc
     code, _, err = run_cli(["tasks", "prune", str(run), "--task", "color", "--out",
                          str(tmp_path / "x")], monkeypatch, capsys)
     assert code == 2 and "did you mean 'colour'" in err
+
+
+def test_a_pathway_keeps_exactly_the_experts_above_the_share() -> None:
+    load = {"vision.1": [50, 30, 15, 5, 0], "vision.3": [0, 0, 99, 1, 0],
+            "language.1": [10, 10, 10, 10, 10]}  # not the encoder's: ignored
+    assert pathway(load, 0.05) == {1: [0, 1, 2], 3: [2]}  # 5% is not above 5%
+    assert pathway(load, 0.0) == {1: [0, 1, 2, 3], 3: [2, 3]}  # every expert chosen at all
+    assert pathway(load, 0.2) == {1: [0, 1], 3: [2]}

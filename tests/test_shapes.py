@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -382,3 +383,34 @@ def test_repeated_pixels_are_redrawn(tmp_path: Path, monkeypatch: pytest.MonkeyP
     sw.write_dataset(tmp_path, sw.ShapesWorldConfig(**TINY))
     images = [p.read_bytes() for p in (tmp_path / "images").rglob("*.png")]
     assert len(images) == len(set(images)) == 28
+
+
+def test_position_questions_are_training_only_and_answered_from_the_scene(
+        tmp_path: Path) -> None:
+    config = sw.ShapesWorldConfig(image_size=32, num_train=12, num_val=2, num_test=4,
+                                      pope_images=2, seed=1, position_questions=True)
+    sw.write_dataset(tmp_path, config)
+    train = json.loads((tmp_path / "train.json").read_text())
+    scenes = [json.loads(line) for line in (tmp_path / "train_scenes.jsonl").open()]
+    asked = 0
+    for record, scene in zip(train, scenes, strict=True):
+        by_category = {f"{o['colour']} {o['shape']}": o for o in scene["objects"]}
+        turns = record["conversations"]
+        for k, meta in enumerate(record["meta"]):
+            if meta["type"] not in ("row_of", "col_of"):
+                continue
+            question, answer = turns[2 * k]["value"], turns[2 * k + 1]["value"]
+            category = question.split("the ", 1)[1].rsplit(" in?", 1)[0]
+            o = by_category[category]
+            assert answer == str((o["row"] if meta["type"] == "row_of" else o["col"]) + 1)
+            asked += 1
+    assert asked >= 12
+    for split in ("val", "test"):
+        kinds = {m["type"] for r in json.loads((tmp_path / f"{split}.json").read_text())
+                 for m in r["meta"]}
+        assert not kinds & {"row_of", "col_of"}
+    # Off (the default), the training split holds no such question.
+    plain = tmp_path / "plain"
+    sw.write_dataset(plain, dataclasses.replace(config, position_questions=False))
+    kinds = {m["type"] for r in json.loads((plain / "train.json").read_text()) for m in r["meta"]}
+    assert not kinds & {"row_of", "col_of"}

@@ -39,6 +39,10 @@ class ShapesWorldConfig:
     # Training records: "conversation" (all questions of an image in one multi-turn record)
     # or "single" (one record per question, like val and test).
     train_layout: str = "conversation"
+    # Also ask, in the training split only, which row and which column a named object is in
+    # (kinds row_of, col_of): a curriculum stage for spatial relations. Off: the dataset is
+    # unchanged.
+    position_questions: bool = False
 
     def __post_init__(self) -> None:
         cell = self.image_size // max(self.grid, 1)

@@ -85,6 +85,9 @@ QUESTION_KINDS: dict[str, tuple[str, ...]] = {
     "exist_rel": ("EXIST", "RLA"),
 }
 TEMPLATES = QUESTION_KINDS  # the earlier name
+# Training-only kinds (ShapesWorldConfig.position_questions): where a named object is, the
+# step a relation question needs before it can compare two positions. Never in val or test.
+POSITION_KINDS: dict[str, tuple[str, ...]] = {"row_of": ("RLA",), "col_of": ("RLA",)}
 
 
 @dataclass
@@ -359,6 +362,19 @@ def _relation_questions(scene: Scene, rng: random.Random) -> dict[str, tuple[str
     return out
 
 
+def position_questions(scene: Scene, rng: random.Random) -> list[Question]:
+    """Row and column (1 = top / left) of a uniquely named object, one question each."""
+    cats = Counter(o.category for o in scene.objects)
+    unique = [o for o in scene.objects if cats[o.category] == 1]
+    if not unique:
+        return []
+    row, col = rng.choice(unique), rng.choice(unique)
+    return [Question(f"which row is the {row.category} in?", str(row.row + 1), "row_of",
+                     list(POSITION_KINDS["row_of"])),
+            Question(f"which column is the {col.category} in?", str(col.col + 1), "col_of",
+                     list(POSITION_KINDS["col_of"]))]
+
+
 def _exist(rng: random.Random, present: set[str]) -> tuple[str, str]:
     """Existence probe; negatives follow the prior, so common absent categories are asked more
     (the hard, POPE-popular kind of negative)."""
@@ -508,6 +524,8 @@ def _write_split(out: Path, config: ShapesWorldConfig, split: str, seen: set[byt
         with atomic_path(out / path) as tmp:
             image.save(tmp, format="PNG")
         qa = questions(scene, rng)
+        if split == "train" and config.position_questions:
+            qa += position_questions(scene, rng)
         qf = config.question_first
         if split == "train" and config.train_layout == "conversation":
             rng.shuffle(qa)
