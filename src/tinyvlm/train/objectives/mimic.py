@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from tinyvlm.config import DataConfig, MimicConfig, StageConfig
 from tinyvlm.data.collate import IGNORE, Batch
-from tinyvlm.data.conversation import Conversation
+from tinyvlm.data.conversation import Conversation, filter_types
 from tinyvlm.data.labelled import is_labelled
 from tinyvlm.errors import InputError
 from tinyvlm.models.vlm import TinyVLM, VLMOutput
@@ -34,6 +35,16 @@ from tinyvlm.train.objectives.sft import SFT
 from tinyvlm.train.stage_data import unlabelled_conversations
 from tinyvlm.train.teacher import FrozenModel, Teacher, answer_questions, load_teacher
 from tinyvlm.train.teacher_cache import TeacherCache, cache_key
+
+# The teacher's answers to the unlabelled questions, by (teacher, data file, split).
+_ANSWERS: dict[tuple[Any, ...], list[Conversation]] = {}
+
+
+def _stamp(where: Any) -> tuple[float, ...]:
+    """When a teacher directory's files last changed: a retrained teacher is another one."""
+    if where is None or not Path(where).is_dir():
+        return ()
+    return tuple(sorted(f.stat().st_mtime for f in Path(where).iterdir() if f.is_file()))
 
 
 @dataclass
@@ -185,15 +196,22 @@ class Mimic(SFT):
 
     def _answered(self, config: DataConfig, stage: StageConfig) -> list[Conversation]:
         """The questions about the unlabelled images with the teacher's greedy answers."""
-        questions = unlabelled_conversations(config, stage)
         teacher = self.teacher
-        if not questions:
-            raise InputError(f"{stage_label(stage, 'mimic')}: mimic.unlabelled needs "
-                             "unlabelled images: set data.labelled_fraction below 1")
         if not isinstance(teacher, FrozenModel):
             raise InputError(f"{stage_label(stage, 'mimic')}: mimic.unlabelled needs a "
                              "tinyvlm teacher to answer the unlabelled questions")
-        return answer_questions(teacher.model, questions)
+        # Every question once per teacher and split: the stages of a curriculum that keep
+        # other question types reuse the answers.
+        key = (str(teacher.where), _stamp(teacher.where), config.path,
+               stage.train or config.train, config.labelled_fraction, config.labelled_seed)
+        if key not in _ANSWERS or teacher.where is None:
+            questions = unlabelled_conversations(config, replace(stage, question_types=[]))
+            if not questions:
+                raise InputError(f"{stage_label(stage, 'mimic')}: mimic.unlabelled needs "
+                                 "unlabelled images: set data.labelled_fraction below 1")
+            _ANSWERS.clear()  # one split's answers at a time
+            _ANSWERS[key] = answer_questions(teacher.model, questions)
+        return filter_types(_ANSWERS[key], stage.question_types)
 
     def _cached(self, model: TinyVLM, config: DataConfig, stage: StageConfig,
                 source: TrainData) -> TrainData:
