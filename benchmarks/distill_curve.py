@@ -49,15 +49,30 @@ def student_recipe(base: Recipe, run: Path, fraction: float) -> Recipe:
         if stage.mimic is not None:
             stage.mimic.teacher = teacher
             stage.mimic.unlabelled = stage.mimic.unlabelled and fraction < 1
-        if not stage.init and stage.model == "model" and not keep:
-            stage.init = {"vision": encoder}  # the first student stage starts from it
+        # Stages that started from the encoder stage start from its finished model.
+        stage.init = {k: encoder if v == f"stage:{ENCODER_STAGE}" else v
+                      for k, v in stage.init.items()}
+        if stage.model == "model" and not any(s.model == "model" for s in keep):
+            stage.init = {m: encoder for m in ("vision", "connector", "language")}
         keep.append(stage)
     r.stages = keep
     r.eval.models = {k: v for k, v in base.eval.models.items() if k in ROWS}
     return r
 
 
+def row_point(fraction: float, models: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = {m["name"]: m for m in models}
+    return {"fraction": fraction,
+            **{name: round(100 * rows[name]["accuracy"], 1) for name in ROWS},
+            "per_capability": {name: rows[name]["per_capability"] for name in ROWS}}
+
+
 def point(base: Recipe, run: Path, fraction: float, out: Path) -> dict[str, Any]:
+    results = run / "results.json"
+    if abs(fraction - base.data.labelled_fraction) < 1e-9 and results.is_file():
+        # The run itself is this point: its rows were trained exactly so.
+        return {**row_point(fraction, json.loads(results.read_text())["models"]),
+                "from": str(run)}
     recipe = student_recipe(base, run, fraction)
     run_dir = out / f"labelled-{fraction:g}"
     final = run_recipe(recipe, run_dir, resume=True, progress=False)
@@ -65,10 +80,7 @@ def point(base: Recipe, run: Path, fraction: float, out: Path) -> dict[str, Any]
     results = evaluate_models(report_models(recipe, run_dir, final), [data / "test.json"],
                               run_dir, data / recipe.data.train, recipe.eval.batch_size,
                               recipe.eval.max_new_tokens, progress=False)
-    rows = {m["name"]: m for m in results["models"]}
-    return {"fraction": fraction,
-            **{name: round(100 * rows[name]["accuracy"], 1) for name in ROWS},
-            "per_capability": {name: rows[name]["per_capability"] for name in ROWS}}
+    return row_point(fraction, results["models"])
 
 
 def plot(points: list[dict[str, Any]], teacher: float | None, path: Path) -> None:

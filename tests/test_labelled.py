@@ -208,3 +208,36 @@ def test_a_labelled_regime_recipe_runs_resumes_and_hides_the_unlabelled_answers(
     before = (run / "model" / "model.safetensors").read_bytes()
     run_recipe(recipe, run, resume=True, progress=False)
     assert (run / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_the_curve_reruns_the_student_stages_at_each_fraction(tmp_path: Path) -> None:
+    """benchmarks/distill_curve.py: the llava-mod recipe without its teacher and preference
+    stages, at the given fraction, from the finished run's teacher and student encoder."""
+    import importlib.util
+
+    from tinyvlm.config import load_recipe
+    from tinyvlm.train.stages import check_runnable
+
+    spec = importlib.util.spec_from_file_location(
+        "distill_curve", Path(__file__).parents[1] / "benchmarks" / "distill_curve.py")
+    assert spec is not None and spec.loader is not None
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    base = load_recipe(Path(__file__).parents[1] / "recipes" / "llava_mod.yaml")
+    recipe = curve.student_recipe(base, tmp_path, 0.25)
+    check_runnable(recipe)
+    assert recipe.data.labelled_fraction == 0.25
+    names = [s.name for s in recipe.stages]
+    assert all(s.model != "teacher" and s.objective != "preference"
+               and s.action != "build_pairs" for s in recipe.stages)
+    assert "student-vision" not in names and "mimic-sparse" in names and "student-sft" in names
+    encoder = str((tmp_path / "checkpoints" / "student-vision").resolve())
+    first = next(s for s in recipe.stages if s.model == "model")
+    assert set(first.init) == {"vision", "connector", "language"}
+    assert all(v.startswith(encoder) for v in first.init.values())
+    teacher = str((tmp_path / "checkpoints" / "teacher-sft").resolve())
+    assert all(s.mimic.teacher.startswith(teacher) and s.mimic.unlabelled
+               for s in recipe.stages if s.mimic is not None)
+    everything = curve.student_recipe(base, tmp_path, 1.0)
+    assert not any(s.mimic.unlabelled for s in everything.stages if s.mimic is not None)
+    assert set(everything.eval.models) == set(curve.ROWS)
