@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     recipe = load_recipe(run / "recipe.yaml")
     stage = next(s for s in recipe.stages if s.name == args.stage)
-    assert stage.distill is not None
-    teacher = resolve_stage_ref(stage.distill.teacher, recipe, run)
+    assert stage.mimic is not None
+    # A top-k cache holds the teacher's logits on the labelled conversations: both runs
+    # distil those alone (no unlabelled questions), so they compare the same thing.
+    stage = dataclasses.replace(stage, mimic=dataclasses.replace(stage.mimic, unlabelled=False))
+    assert stage.mimic is not None
+    teacher = resolve_stage_ref(stage.mimic.teacher, recipe, run)
     start_from = resolve_stage_ref("stage:student-align", recipe, run)
     steps = args.steps or stage.steps
     out = run / "offline-vs-online"
@@ -56,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     result["cache_mb"] = round(sum(p.stat().st_size for p in cache.iterdir()) / 2**20, 1)
 
     for mode in ("online", "offline"):
-        distill = dataclasses.replace(stage.distill, teacher=str(teacher),
-                                      cache=str(cache) if mode == "offline" else None)
+        mimic = dataclasses.replace(stage.mimic, teacher=str(teacher),
+                                    cache=str(cache) if mode == "offline" else None)
         st = dataclasses.replace(stage, name=f"{stage.name}-{mode}", steps=steps,
-                                 distill=distill, checkpoint_every=0)
+                                 mimic=mimic, checkpoint_every=0)
         model = TinyVLM.from_pretrained(start_from)
         objective = build_objective("mimic", model, st)
         source = objective.data(model, recipe.data, st)
