@@ -129,14 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, default=None, help="default: OUT/curve.png")
     args = ap.parse_args(argv)
     base = load_recipe(RunDir(args.run).recipe)
-    points = [point(base, args.run, float(f), args.out) for f in args.fractions.split(",")]
     results = args.run / "results.json"
     teacher = None
     if results.is_file():
         rows = {m["name"]: m for m in json.loads(results.read_text())["models"]}
         teacher = round(100 * rows["teacher"]["accuracy"], 1) if "teacher" in rows else None
-    out = {"teacher": teacher, "points": points}
-    write_json(args.out / "curve.json", out)
+    points: list[dict[str, Any]] = []
+    for f in args.fractions.split(","):
+        points.append(point(base, args.run, float(f), args.out))
+        out = {"teacher": teacher, "points": points}
+        write_json(args.out / "curve.json", out)  # after every point: a long run keeps them
     plot(points, teacher, args.plot or args.out / "curve.png")
     print(json.dumps(out, indent=1))
     if args.markdown:
