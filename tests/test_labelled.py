@@ -93,21 +93,22 @@ def _defaults():
     return TokenizerConfig(), EvalConfig(), None
 
 
-def teacher_dir(tok: Tokenizer, root: Path) -> Path:
+def teacher_and_mimic(tok: Tokenizer, root: Path, **mimic: object):
+    """A saved random teacher, a student of another seed and its mimic objective."""
     torch.manual_seed(1)
     TinyVLM.from_tokenizer(tiny_model_config(), tok).save_pretrained(root)
-    return root
+    torch.manual_seed(2)
+    student = TinyVLM.from_tokenizer(tiny_model_config(), tok)
+    stage = StageConfig(name="mimic", objective="mimic",
+                        mimic=MimicConfig(teacher=str(root), **mimic))  # type: ignore[arg-type]
+    return TinyVLM.from_pretrained(root), student, stage, build_objective("mimic", student, stage)
 
 
 def test_mimic_on_unlabelled_images_distils_the_teachers_own_answers(
         shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
-    teacher = TinyVLM.from_pretrained(teacher_dir(shapes_tokenizer, tmp_path / "t"))
-    torch.manual_seed(2)
-    student = TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer)
-    stage = StageConfig(name="mimic", objective="mimic", mimic=MimicConfig(
-        teacher=str(tmp_path / "t"), unlabelled=True))
+    teacher, student, stage, obj = teacher_and_mimic(shapes_tokenizer, tmp_path / "t",
+                                                     unlabelled=True)
     config = data(shapes_dir, 0.25)
-    obj = build_objective("mimic", student, stage)
     source = obj.data(student, config, stage)
     assert len(source.items) == 48  # 12 labelled conversations + 36 answered by the teacher
     answered = [c for c in source.items if c.meta and c.meta[0].get("labelled") is False]
@@ -139,12 +140,8 @@ def test_mimic_on_unlabelled_images_distils_the_teachers_own_answers(
 
 def test_only_correct_distils_where_the_teacher_is_right(
         shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp_path: Path) -> None:
-    teacher = TinyVLM.from_pretrained(teacher_dir(shapes_tokenizer, tmp_path / "t"))
-    torch.manual_seed(2)
-    student = TinyVLM.from_tokenizer(tiny_model_config(), shapes_tokenizer)
-    stage = StageConfig(name="mimic", objective="mimic", mimic=MimicConfig(
-        teacher=str(tmp_path / "t"), only_correct=True))
-    obj = build_objective("mimic", student, stage)
+    teacher, student, stage, obj = teacher_and_mimic(shapes_tokenizer, tmp_path / "t",
+                                                     only_correct=True)
     source = obj.data(student, data(shapes_dir, 1.0), stage)
     batch = source.collate(source.items[:4])
     b = batch.student
