@@ -28,20 +28,24 @@ def unlabelled_conversations(config: DataConfig, stage: StageConfig) -> list[Con
 
 def labelled_image_paths(config: DataConfig, stage: StageConfig) -> set[str] | None:
     """The paths of the stage's labelled training images; None when it reads them all."""
-    if stage.images == "all" or config.labelled_fraction >= 1:
-        return None
-    convs = load_llava(Path(config.path) / (stage.train or config.train))
-    return labelled_images(convs, config.labelled_fraction, config.labelled_seed)
+    split = _image_split(config, stage)
+    return None if split is None else split[0]
 
 
 def unlabelled_image_paths(config: DataConfig, stage: StageConfig) -> set[str]:
     """The paths of the training images outside the stage's labelled share (empty when it
     reads them all): their answers must not reach the stage, from any file."""
-    keep = labelled_image_paths(config, stage)
-    if keep is None:
-        return set()
+    split = _image_split(config, stage)
+    return set() if split is None else split[1]
+
+
+def _image_split(config: DataConfig, stage: StageConfig) -> tuple[set[str], set[str]] | None:
+    """(labelled, unlabelled) image paths of the stage's training file, read once."""
+    if stage.images == "all" or config.labelled_fraction >= 1:
+        return None
     convs = load_llava(Path(config.path) / (stage.train or config.train))
-    return {image_key(c) for c in convs} - keep
+    keep = labelled_images(convs, config.labelled_fraction, config.labelled_seed)
+    return keep, {image_key(c) for c in convs} - keep
 
 
 def stage_split(config: DataConfig, stage: StageConfig
