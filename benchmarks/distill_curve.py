@@ -25,6 +25,7 @@ from tinyvlm.config import Recipe, load_recipe
 from tinyvlm.eval.harness import evaluate_models
 from tinyvlm.io import write_json
 from tinyvlm.rundir import RunDir
+from tinyvlm.train.stage_data import stage_conversations
 from tinyvlm.train.pipeline import report_models, run_recipe
 
 ROWS = ("student-sft", "student-mimic-dense", "student-mimic-sparse")
@@ -56,8 +57,24 @@ def student_recipe(base: Recipe, run: Path, fraction: float) -> Recipe:
             stage.init = {m: encoder for m in ("vision", "connector", "language")}
         keep.append(stage)
     r.stages = keep
+    _fit_batches(r)
     r.eval.models = {k: v for k, v in base.eval.models.items() if k in ROWS}
     return r
+
+
+def _fit_batches(recipe: Recipe) -> None:
+    """At small fractions a stage that reads only labelled answers can have fewer items than
+    its batch: its batch becomes the whole labelled set (steps unchanged), and the stage
+    records why. Stages that also read the unlabelled questions keep theirs."""
+    for stage in recipe.stages:
+        if stage.action != "train" or (stage.mimic is not None and stage.mimic.unlabelled):
+            continue
+        n = len(stage_conversations(recipe.data, stage)[1])
+        if n < stage.batch_size:
+            print(f"{stage.name}: {n} labelled items at fraction "
+                  f"{recipe.data.labelled_fraction:g}, batch {stage.batch_size} -> {n}",
+                  file=sys.stderr)
+            stage.batch_size = n
 
 
 def row_point(fraction: float, models: list[dict[str, Any]]) -> dict[str, Any]:

@@ -207,9 +207,11 @@ def test_a_labelled_regime_recipe_runs_resumes_and_hides_the_unlabelled_answers(
     assert (run / "model" / "model.safetensors").read_bytes() == before
 
 
-def test_the_curve_reruns_the_student_stages_at_each_fraction(tmp_path: Path) -> None:
+def test_the_curve_reruns_the_student_stages_at_each_fraction(tmp_path: Path,
+                                                            shapes_dir: Path) -> None:
     """benchmarks/distill_curve.py: the llava-mod recipe without its teacher and preference
-    stages, at the given fraction, from the finished run's teacher and student encoder."""
+    stages, at the given fraction, from the finished run's teacher and student encoder; a
+    stage with fewer labelled items than its batch takes them all as its batch."""
     import importlib.util
 
     from tinyvlm.config import load_recipe
@@ -221,6 +223,7 @@ def test_the_curve_reruns_the_student_stages_at_each_fraction(tmp_path: Path) ->
     curve = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(curve)
     base = load_recipe(Path(__file__).parents[1] / "recipes" / "llava_mod.yaml")
+    (tmp_path / "data").symlink_to(shapes_dir)
     recipe = curve.student_recipe(base, tmp_path, 0.25)
     check_runnable(recipe)
     assert recipe.data.labelled_fraction == 0.25
@@ -238,3 +241,16 @@ def test_the_curve_reruns_the_student_stages_at_each_fraction(tmp_path: Path) ->
     everything = curve.student_recipe(base, tmp_path, 1.0)
     assert not any(s.mimic.unlabelled for s in everything.stages if s.mimic is not None)
     assert set(everything.eval.models) == set(curve.ROWS)
+    few = curve.student_recipe(base, tmp_path, 0.02)
+    batches = {s.name: s.batch_size for s in base.stages}
+    capped = 0
+    for s in few.stages:
+        if s.action != "train":
+            continue
+        n = len(stage_conversations(few.data, s)[1])
+        if s.mimic is not None and s.mimic.unlabelled:
+            assert s.batch_size == batches[s.name]
+        else:
+            assert s.batch_size == min(n, batches[s.name])
+            capped += s.batch_size < batches[s.name]
+    assert capped > 0  # the small set really is smaller than some batch
