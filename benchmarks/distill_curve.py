@@ -25,8 +25,8 @@ from tinyvlm.config import Recipe, load_recipe
 from tinyvlm.eval.harness import evaluate_models
 from tinyvlm.io import write_json
 from tinyvlm.rundir import RunDir
-from tinyvlm.train.stage_data import stage_conversations
 from tinyvlm.train.pipeline import report_models, run_recipe
+from tinyvlm.train.stage_data import stage_conversations
 
 ROWS = ("student-sft", "student-mimic-dense", "student-mimic-sparse")
 TEACHER_STAGE, ENCODER_STAGE = "teacher-sft", "student-vision"

@@ -23,7 +23,13 @@ from tinyvlm.models.vlm import TinyVLM
 from tinyvlm.train.loop import configure_trainable, train_stage
 from tinyvlm.train.objectives import Preference, build_objective
 from tinyvlm.train.objectives import preference as pref_module
-from tinyvlm.train.pairs import build_pairs, load_probes, pope_pairs
+from tinyvlm.train.pairs import (
+    balance_yes_no_pairs,
+    build_pairs,
+    load_probes,
+    pope_pairs,
+    yes_no_side,
+)
 from tinyvlm.train.teacher import FrozenModel
 
 from .conftest import tiny_model_config, tiny_recipe
@@ -159,6 +165,23 @@ def test_pope_pairs(shapes_dir: Path) -> None:
     expected = sum("EXIST" in m["capabilities"] for c in convs for m in c.meta)
     assert len(train_pairs) == expected > 0
     assert all(images_in(p) == 1 and not p["history"] for p in train_pairs)
+
+
+def test_balance_yes_no_keeps_equal_sides_and_every_other_pair() -> None:
+    def pair(i: int, chosen: str, rejected: str) -> dict[str, object]:
+        return {"id": str(i), "chosen": chosen, "rejected": rejected}
+
+    records = ([pair(i, "Yes", "no") for i in range(3)]  # normalised: still yes over no
+               + [pair(i, "no", "yes.") for i in range(3, 10)]
+               + [pair(10, "red", "blue"), pair(11, "yes", "red"), pair(12, "no", "no")])
+    kept = balance_yes_no_pairs(records, seed=1)
+    sides = Counter(yes_no_side(r) for r in kept)
+    assert sides == {"yes": 3, "no": 3, None: 3}
+    # The smaller side and the other pairs are all kept, in their order.
+    assert [r["id"] for r in kept if yes_no_side(r) != "no"] == ["0", "1", "2", "10", "11", "12"]
+    assert [r["id"] for r in kept] == sorted((r["id"] for r in kept), key=int)
+    assert kept == balance_yes_no_pairs(records, seed=1)
+    assert balance_yes_no_pairs(records[:3]) == []  # no "no" side: no yes/no pair survives
 
 
 # ----------------------------------------------------------------------------- the pairs file

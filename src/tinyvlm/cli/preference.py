@@ -45,12 +45,15 @@ def preference() -> None:
 @click.option("--image-root", default=None,
               help="Directory the --pope files' image paths are relative to "
                    "[default: each file's directory].")
+@click.option("--balance-yes-no", is_flag=True,
+              help="Keep as many yes-over-no as no-over-yes pairs (a seeded subset of the "
+                   "larger side).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def preference_build(model: str, data_files: tuple[str, ...], out: str, teacher: str | None,
                      teacher_dtype: str, samples: int, temperature: float, top_p: float,
                      seed: int, max_new_tokens: int, batch_size: int, all_turns: bool,
                      no_ground_truth: bool, pope_files: tuple[str, ...],
-                     image_root: str | None, quiet: bool) -> None:
+                     image_root: str | None, balance_yes_no: bool, quiet: bool) -> None:
     """Sample answers from the student MODEL for the prompts of DATA_FILE (LLaVA JSON) and
     write chosen/rejected pairs (JSONL: id, prompt, image, chosen, rejected, source, meta).
 
@@ -83,7 +86,7 @@ def preference_build(model: str, data_files: tuple[str, ...], out: str, teacher:
                          temperature=temperature, top_p=top_p, seed=seed, teacher=ranker,
                          batch_size=batch_size, max_new_tokens=max_new_tokens,
                          all_turns=all_turns, use_ground_truth=not no_ground_truth,
-                         progress=not quiet)
+                         balance_yes_no=balance_yes_no, progress=not quiet)
     write_pairs(out, records)
     prompts = sum(len(c.turns) if all_turns else 1 for c in conversations)
     by_source = {s: sum(r["source"] == s for r in records) for s in SOURCES}

@@ -86,6 +86,9 @@ class BuildPairsConfig:
     # training file itself: its existence turns. Never the benchmark's own probes.
     probes: str | None = None
     max_probes: int = 0  # 0: all
+    # Keep as many yes-over-no as no-over-yes pairs (a seeded subset of the larger side):
+    # lopsided pairs teach the answer prior, not the grounding.
+    balance_yes_no: bool = False
     teacher: str = ""  # ranks samples of prompts without a ground truth ("stage:NAME")
     seed: int = 0
 

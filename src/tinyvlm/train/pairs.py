@@ -268,10 +268,10 @@ def make_pairs(student: TinyVLM, conversations: Sequence[Conversation],
                teacher: FrozenModel | None = None, batch_size: int = 16,
                max_new_tokens: int = 16, all_turns: bool = False,
                use_ground_truth: bool = True, max_prompts: int = 0, max_probes: int = 0,
-               progress: bool = True) -> list[dict[str, Any]]:
+               balance_yes_no: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Sampled pairs for (at most `max_prompts`, a seeded subset of) the conversations, then
     hallucination pairs for (at most `max_probes` of) the probes: what `tinyvlm preference
-    build` and the build_pairs stage write."""
+    build` and the build_pairs stage write. With `balance_yes_no`, see balance_yes_no."""
     rng = random.Random(seed)
     conversations = list(conversations)
     if max_prompts and len(conversations) > max_prompts:
@@ -284,4 +284,30 @@ def make_pairs(student: TinyVLM, conversations: Sequence[Conversation],
     extra = pope_pairs(probes)
     if max_probes and len(extra) > max_probes:
         extra = rng.sample(extra, max_probes)
-    return records + extra
+    records += extra
+    return balance_yes_no_pairs(records, seed) if balance_yes_no else records
+
+
+def yes_no_side(record: dict[str, Any]) -> str | None:
+    """"yes" or "no" for a pair whose chosen and rejected answers are yes and no (either
+    way), the chosen one; None for any other pair."""
+    chosen, rejected = normalize_answer(record["chosen"]), normalize_answer(record["rejected"])
+    return chosen if YES_NO.get(chosen) == rejected else None
+
+
+def balance_yes_no_pairs(records: Sequence[dict[str, Any]], seed: int = 0
+                         ) -> list[dict[str, Any]]:
+    """As many yes-over-no pairs as no-over-yes pairs: a seeded subset of the larger side is
+    kept, the other pairs all are, in their order. Sampled pairs come out lopsided when the
+    student's wrong answers lean one way; DPO on them moves the answer prior instead of
+    the grounding (a student pushed to always say "no")."""
+    sides: dict[str, list[int]] = {"yes": [], "no": []}
+    for i, r in enumerate(records):
+        side = yes_no_side(r)
+        if side is not None:
+            sides[side].append(i)
+    n = min(len(sides["yes"]), len(sides["no"]))
+    rng = random.Random(seed)
+    drop = {i for side in sides.values() if len(side) > n
+            for i in set(side) - set(rng.sample(side, n))}
+    return [r for i, r in enumerate(records) if i not in drop]

@@ -141,7 +141,7 @@ def run_build_pairs(r: StageRun) -> None:
                          samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                          seed=cfg.seed, teacher=teacher, max_new_tokens=cfg.max_new_tokens,
                          max_prompts=cfg.max_prompts, max_probes=cfg.max_probes,
-                         progress=r.progress)
+                         balance_yes_no=cfg.balance_yes_no, progress=r.progress)
     if not records:
         raise InputError(f"stage '{stage.name}': no preference pairs could be built")
     if r.run.is_main:
