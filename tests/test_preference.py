@@ -335,6 +335,15 @@ def test_cli_preference_build(shapes_tokenizer: Tokenizer, shapes_dir: Path, tmp
     records = load_pairs(out_file)
     assert Counter(r["source"] for r in records) == {"ground_truth": 3, "pope": 24}
     assert "27 pairs written" in out
+    sides = Counter(yes_no_side(r) for r in records)
+    code, out, err = run_cli(["preference", "build", str(model_dir), str(data), "--out",
+                              str(out_file), "--samples", "2", "--max-new-tokens", "3",
+                              "--pope", str(shapes_dir / "pope_random.jsonl"), "--quiet",
+                              "--balance-yes-no"], monkeypatch, capsys)
+    assert code == 0, err
+    balanced = Counter(yes_no_side(r) for r in load_pairs(out_file))
+    n = min(sides["yes"], sides["no"])
+    assert balanced == {**sides, "yes": n, "no": n} and n > 0
     code, _, err = run_cli(["preference", "build", str(model_dir), "--out", str(out_file)],
                            monkeypatch, capsys)
     assert code == 2 and err.strip() == "error: give at least one DATA_FILE or --pope file"
