@@ -18,6 +18,7 @@ from tinyvlm.config import (
     check_recipe,
     from_dict,
 )
+from tinyvlm.data.tokenizer import Tokenizer
 from tinyvlm.errors import InputError
 from tinyvlm.models.moe import MoE
 from tinyvlm.train.pipeline import report_models, resolve_stage_ref, run_recipe
@@ -145,3 +146,29 @@ def test_stage_references_resolve_to_paths(shapes_dir: Path, tmp_path: Path) -> 
     assert resolved_in(mimic, tmp_path).mimic.teacher == str(teacher_dir)
     with pytest.raises(InputError, match="has not finished"):
         resolved_in(mimic, tmp_path / "elsewhere")
+
+
+def test_llava_mod_sparse_student_activates_at_most_a_third_of_the_teacher(
+        shapes_tokenizer: Tokenizer) -> None:
+    """The recipe's promise (LLaVA-MoD's budget): the upcycled student, as its upcycle stage
+    makes it, activates at most 1/3 of the teacher's parameters with ShapesWorld's
+    vocabulary (tied embeddings; a vocabulary of thousands would tip it over)."""
+    import dataclasses
+
+    from tinyvlm.analysis.cost import parameter_split
+    from tinyvlm.config import load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "llava_mod.yaml")
+    vocab = shapes_tokenizer.vocab_size
+
+    def activated(model: object) -> int:
+        lang = dataclasses.replace(model.language, vocab_size=vocab)  # type: ignore[attr-defined]
+        split = parameter_split(dataclasses.replace(model, language=lang))  # type: ignore[arg-type]
+        return split.vision.activated + split.connector.activated + split.language.activated
+
+    upcycle = next(s.upcycle for s in recipe.stages if s.action == "upcycle")
+    sparse = dataclasses.replace(recipe.model, language=dataclasses.replace(
+        recipe.model.language, moe=upcycle))
+    assert recipe.models["student_moe"].language == sparse.language
+    assert 3 * activated(sparse) <= activated(recipe.models["teacher"])
+    assert activated(sparse) > activated(recipe.model)  # top-2: more than the dense student
