@@ -48,7 +48,7 @@ CASES = [
     ({"stages.0.min_lr_ratio": -0.5}, "stages[0].min_lr_ratio' must be in [0, 1]"),
     ({"stages.0.grad_clip": -1.0}, "stages[0].grad_clip' must be a finite number >= 0"),
     ({"stages.0.checkpoint_every": -1}, "stages[0].checkpoint_every' must be >= 0"),
-    ({"stages.0.precision": "fp8"}, "stages[0].precision' must be fp32 or bf16"),
+    ({"stages.0.precision": "fp8"}, "stages[0].precision' must be fp32, bf16 or auto"),
     ({"stages.0.trainable": ["visoin"]}, "unknown module 'visoin'"),
     ({"stages.1.objective": "sfft"}, "unknown objective 'sfft'"),
     ({"threads": 0}, "recipe.threads' must be >= 1 or null"),

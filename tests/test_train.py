@@ -202,3 +202,23 @@ def test_a_fresh_start_forgets_an_earlier_runs_checkpoints(shapes_tokenizer: Tok
     run(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=6))
     run(shapes_tokenizer, shapes_dir, tmp_path, stage(steps=3))
     assert Checkpoints(RunDir(tmp_path), "sft", 2).steps() == [3]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(native: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`precision: auto` autocasts to bf16 on a CPU with AVX512-BF16 or AMX and stays fp32 on
+    one that would emulate it; fp32 and bf16 mean what they say everywhere."""
+    from tinyvlm.train.runtime import Runtime, resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    layer = torch.nn.Linear(4, 4)
+    runtime = Runtime(cpu)
+    for precision, dtype in (("auto", torch.bfloat16 if native else torch.float32),
+                             ("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        with runtime.autocast(precision):
+            assert layer(torch.ones(2, 4)).dtype == dtype

@@ -123,7 +123,7 @@ class StageConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float | None = 1.0
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "auto" (bf16 where native)
     # A step whose loss or gradient is NaN or inf: "stop" the stage naming the step (the
     # last checkpoint stays the result), or "skip" it (no update) and count it.
     on_nonfinite: str = "stop"

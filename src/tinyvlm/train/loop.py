@@ -77,7 +77,7 @@ def check_modules(stage: StageConfig) -> None:
                              f"{closest(name, MODEL_MODULES)}; modules: "
                              f"{', '.join(MODEL_MODULES)}")
     if stage.precision not in PRECISIONS:
-        raise InputError(f"stage '{stage.name}': precision must be fp32 or bf16")
+        raise InputError(f"stage '{stage.name}': precision must be fp32, bf16 or auto")
 
 
 def configure_trainable(model: TinyVLM, objective: Objective, stage: StageConfig

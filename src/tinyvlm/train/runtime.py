@@ -16,7 +16,26 @@ import torch
 from torch import nn
 
 T = TypeVar("T")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls in hardware: a CUDA GPU that supports it, or a
+    CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated (on an AVX2-only CPU a bf16
+    linear layer's forward and backward ran 12x slower than fp32's)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is bf16 where the device runs it natively, else fp32; the others are kept."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 @dataclass
@@ -31,8 +50,10 @@ class Runtime:
         return self.rank == 0
 
     def autocast(self, precision: str) -> AbstractContextManager[None]:
-        """bf16 autocast on this runtime's device type, or nothing for fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        """bf16 autocast on this runtime's device type, or nothing for fp32 (`auto`: bf16
+        where the device has it natively)."""
+        bf16 = resolve_precision(precision, self.device) == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """The module the loop steps (a data-parallel wrapper on several processes)."""
