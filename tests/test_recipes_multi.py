@@ -172,3 +172,6 @@ def test_llava_mod_sparse_student_activates_at_most_a_third_of_the_teacher(
     assert recipe.models["student_moe"].language == sparse.language
     assert 3 * activated(sparse) <= activated(recipe.models["teacher"])
     assert activated(sparse) > activated(recipe.model)  # top-2: more than the dense student
+    # The ablations start from this student's checkpoint: the same architecture.
+    ablations = load_recipe(Path(__file__).parents[1] / "recipes" / "mimic_ablations.yaml")
+    assert ablations.model == recipe.model
