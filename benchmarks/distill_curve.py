@@ -64,8 +64,8 @@ def student_recipe(base: Recipe, run: Path, fraction: float) -> Recipe:
 
 def _fit_batches(recipe: Recipe) -> None:
     """At small fractions a stage that reads only labelled answers can have fewer items than
-    its batch: its batch becomes the whole labelled set (steps unchanged), and the stage
-    records why. Stages that also read the unlabelled questions keep theirs."""
+    its batch: its batch becomes the whole labelled set (steps unchanged), said on stderr.
+    Stages that also read the unlabelled questions keep theirs."""
     for stage in recipe.stages:
         if stage.action != "train" or (stage.mimic is not None and stage.mimic.unlabelled):
             continue

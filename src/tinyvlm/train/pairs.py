@@ -271,7 +271,7 @@ def make_pairs(student: TinyVLM, conversations: Sequence[Conversation],
                balance_yes_no: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Sampled pairs for (at most `max_prompts`, a seeded subset of) the conversations, then
     hallucination pairs for (at most `max_probes` of) the probes: what `tinyvlm preference
-    build` and the build_pairs stage write. With `balance_yes_no`, see balance_yes_no."""
+    build` and the build_pairs stage write; `balance_yes_no`: see balance_yes_no_pairs."""
     rng = random.Random(seed)
     conversations = list(conversations)
     if max_prompts and len(conversations) > max_prompts:
@@ -308,6 +308,7 @@ def balance_yes_no_pairs(records: Sequence[dict[str, Any]], seed: int = 0
             sides[side].append(i)
     n = min(len(sides["yes"]), len(sides["no"]))
     rng = random.Random(seed)
-    drop = {i for side in sides.values() if len(side) > n
-            for i in set(side) - set(rng.sample(side, n))}
-    return [r for i, r in enumerate(records) if i not in drop]
+    keep = set(range(len(records))) - set(sides["yes"]) - set(sides["no"])
+    for side in sides.values():
+        keep |= set(rng.sample(side, n)) if len(side) > n else set(side)
+    return [r for i, r in enumerate(records) if i in keep]
