@@ -342,3 +342,51 @@ def test_fastv_prunes_without_the_cache_too_and_saves_cache_memory(tokenizer) ->
     embeds, _ = fastv.condition(ids, pixels, None, ctx)
     fastv.language(embeds, torch.arange(ids.shape[1])[None], torch.ones_like(ids), cache, ctx)
     assert cache.nbytes == kv_cache_bytes(lang, 1, ids.shape[1] + 8, "float32", 64 - 16)
+
+
+def test_learned_positions_add_one_vector_per_patch(tokenizer) -> None:
+    """connector.position 'learned': the projector's output plus the patch's own vector; the
+    prune connector adds the vectors of the patches it keeps (and the mean of the dropped
+    ones to the merged token), so pruning a trained model keeps every token's place."""
+    plain = build(tokenizer)
+    placed = build(tokenizer, ConnectorConfig(kind="mlp", position="learned"))
+    placed.load_state_dict(plain.state_dict(), strict=False)  # same projector weights
+    pos = placed.connector.position
+    assert pos is not None and pos.shape == (64, placed.config.language.dim)
+    patches = torch.randn(2, 64, 32)
+    out = VisionOutput(patches=patches, cls=patches[:, 0])
+    torch.testing.assert_close(placed.connector(out).tokens, plain.connector(out).tokens + pos)
+
+    pruned = build(tokenizer, ConnectorConfig(kind="prune", position="learned",
+                                              prune=PruneConfig(keep=16, merge=True)))
+    pruned.load_state_dict(placed.state_dict())
+    scores = torch.rand(2, 64)
+    out = VisionOutput(patches=patches, cls=patches[:, 0],
+                       cls_attention={i: scores[:, None].expand(-1, 2, -1) for i in range(2)})
+    conn = pruned.connector
+    idx = conn.select(out)
+    tokens = conn(out).tokens
+    full = placed.connector(out).tokens  # projection is per token, so kept rows match
+    torch.testing.assert_close(tokens[:, :16],
+                               full.gather(1, idx[..., None].expand(-1, -1, full.shape[-1])))
+    for row in range(2):
+        rest = sorted(set(range(64)) - set(idx[row].tolist()))
+        mean_patch = patches[row, rest].mean(0)
+        expected = conn.fc2(conn.act(conn.fc1(mean_patch))) + pos[rest].mean(0)
+        torch.testing.assert_close(tokens[row, 16], expected)
+    # the cost accounting counts the vectors
+    counted = sum(p.numel() for p in placed.connector.parameters())
+    assert counted == sum(p.numel() for p in plain.connector.parameters()) + pos.numel()
+    assert parameter_split(placed.config).connector.total == counted
+
+
+def test_connector_position_is_checked() -> None:
+    from tinyvlm.config.checks import check_model
+    from tinyvlm.errors import InputError
+    cfg = tiny_model_config()
+    cfg.connector.position = "sincos"
+    with pytest.raises(InputError, match=r"'model\.connector\.position' must be 'none' or"):
+        check_model(cfg)
+    cfg.connector = ConnectorConfig(kind="vlora", position="learned", vlora=VLoRAConfig())
+    with pytest.raises(InputError, match="'none' for connector kind 'vlora'"):
+        check_model(cfg)

@@ -114,7 +114,11 @@ def check_model(config: ModelConfig, source: str | Path | None = None, key: str 
     require(vision_rules(config.vision), f"{key}.vision", source)
     require(language_rules(config.language), f"{key}.language", source)
     hidden = config.connector.hidden_dim
-    require([(hidden is None or hidden >= 1, "hidden_dim", ">= 1 or null", hidden)],
+    position = config.connector.position
+    require([(hidden is None or hidden >= 1, "hidden_dim", ">= 1 or null", hidden),
+             (position in ("none", "learned"), "position", "'none' or 'learned'", position),
+             (position == "none" or config.connector.kind in ("mlp", "prune"), "position",
+              f"'none' for connector kind {config.connector.kind!r}", position)],
             f"{key}.connector", source)
     vision, lang = config.vision, config.language
     if config.connector.vlora is not None:

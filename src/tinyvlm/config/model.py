@@ -222,6 +222,9 @@ class PruneConfig:
 class ConnectorConfig:
     kind: str = "mlp"  # a key of models.connectors.CONNECTORS
     hidden_dim: int | None = None  # None: the language model's width
+    # "learned": add a learned vector per patch to the projected tokens (2-D place in what the
+    # language model reads; kind "mlp"); "none": the projector's output as it is.
+    position: str = "none"
     vlora: VLoRAConfig | None = None  # settings of kind "vlora"
     prune: PruneConfig | None = None  # settings of kind "prune"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from tinyvlm.config import ConnectorConfig, LanguageConfig, ModelConfig, VisionConfig
@@ -49,17 +50,29 @@ class MLPProjector(Connector):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, language.dim)
         self.num_tokens = vision.feature_tokens
+        # The language model's rotary positions reach only its attention scores, never the
+        # values it reads from a visual token; a learned vector per patch puts the patch's place
+        # into what is read, so "where is it" is as easy to retrieve as "what colour is it".
+        self.position = (nn.Parameter(torch.empty(vision.num_patches, language.dim))
+                         if config.position == "learned" else None)
         init_weights(self)
+        if self.position is not None:
+            nn.init.normal_(self.position, std=0.02)
 
     def forward(self, vision: VisionOutput) -> VisualConditioning:
-        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(vision.features))))
+        tokens = self.fc2(self.act(self.fc1(vision.features)))
+        if self.position is not None:  # patches are the last num_patches features
+            patches = tokens[:, tokens.shape[1] - self.position.shape[0]:] + self.position
+            tokens = torch.cat([tokens[:, : tokens.shape[1] - self.position.shape[0]], patches], 1)
+        return VisualConditioning(tokens=tokens)
 
     @classmethod
     def cost(cls, config: ModelConfig) -> ConnectorCost:
         hidden = config.connector.hidden_dim or config.language.dim
         dv, dl = config.vision.dim, config.language.dim
         tokens = config.vision.feature_tokens
-        return ConnectorCost(dv * hidden + hidden + hidden * dl + dl,
+        position = config.vision.num_patches * dl if config.connector.position == "learned" else 0
+        return ConnectorCost(dv * hidden + hidden + hidden * dl + dl + position,
                              tokens * 2 * (dv * hidden + hidden * dl), tokens)
 
 

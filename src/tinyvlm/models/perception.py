@@ -238,8 +238,15 @@ class PruneProjector(MLPProjector):
             n = dropped.sum(1, keepdim=True).clamp(min=1).to(patches.dtype)
             mean = (patches * dropped[..., None]).sum(1) / n
             kept = torch.cat([kept, mean[:, None]], dim=1)
-        return VisualConditioning(tokens=self.fc2(self.act(self.fc1(kept))),
-                                  token_mask=token_mask)
+        tokens = self.fc2(self.act(self.fc1(kept)))
+        if self.position is not None:  # each kept patch keeps its own place
+            place = self.position[idx]
+            if self.cfg.merge:
+                w = dropped[..., None].to(place.dtype)
+                rest = (self.position[None] * w).sum(1) / w.sum(1).clamp(min=1)
+                place = torch.cat([place, rest[:, None]], dim=1)
+            tokens = tokens + place.to(tokens.dtype)
+        return VisualConditioning(tokens=tokens, token_mask=token_mask)
 
     @classmethod
     def cost(cls, config: ModelConfig) -> ConnectorCost:
