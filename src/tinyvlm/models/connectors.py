@@ -61,9 +61,9 @@ class MLPProjector(Connector):
 
     def forward(self, vision: VisionOutput) -> VisualConditioning:
         tokens = self.fc2(self.act(self.fc1(vision.features)))
-        if self.position is not None:  # patches are the last num_patches features
-            patches = tokens[:, tokens.shape[1] - self.position.shape[0]:] + self.position
-            tokens = torch.cat([tokens[:, : tokens.shape[1] - self.position.shape[0]], patches], 1)
+        if self.position is not None:  # a leading [CLS] feature gets no place vector
+            lead = tokens.shape[1] - self.position.shape[0]
+            tokens = tokens + nn.functional.pad(self.position, (0, 0, lead, 0))
         return VisualConditioning(tokens=tokens)
 
     @classmethod
